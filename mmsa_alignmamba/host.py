@@ -1,0 +1,513 @@
+"""The MMSA adapter: the only module that touches MMSA 2.2.1's internals.
+
+MMSA has no plugin mechanism: `AMIO.__init__` builds its model map inside the constructor,
+`ATIO.getTrain` indexes a fixed trainer map, and `get_config_regression` / `get_config_tune`
+index MMSA's own JSON by model name (and `MMSA.run` imported those functions by name, so they
+are patched where they are used). `install()` teaches all of them about every model declared
+under the entry-point groups below, by any installed distribution, and applies a set of small,
+named fixes to MMSA bugs that bite every model (METHOD.md §8). It is idempotent.
+
+Entry-point groups (read with importlib.metadata):
+  mmsa.models    name -> callable(args) returning an nn.Module (MMSA's model contract)
+  mmsa.trainers  name -> callable(args) returning an object with do_train / do_test
+  mmsa.configs   name -> a path (str / Path) to an MMSA-format JSON holding a section `name`
+                 with commonParams / datasetParams (and debugParams for tuning), or a
+                 callable returning that path.
+"""
+from __future__ import annotations
+
+import builtins
+import functools
+import inspect
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .safeio import InputError, atomic_write, safe_pickle_load, safe_pickle_loads
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+ENTRY_POINT_GROUPS = ("mmsa.models", "mmsa.trainers", "mmsa.configs")
+DATASETS = ("mosi", "mosei", "sims")
+DEFAULT_OUTPUT_ROOT = Path.home() / "MMSA"
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return self.args[0]
+
+
+# --------------------------------------------------------------------------------------
+# Plugin discovery
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    model: Callable[[dict], torch.nn.Module]
+    trainer: Callable[[dict], Any]
+    config_path: Path
+    distribution: str
+
+
+def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
+    return {ep.name.lower(): ep for ep in metadata.entry_points(group=group)}
+
+
+@functools.lru_cache(maxsize=1)
+def plugins() -> dict[str, Plugin]:
+    """Every model declared by an installed distribution in all three entry-point groups."""
+    models, trainers, configs = (_entry_points(g) for g in ENTRY_POINT_GROUPS)
+    found = {}
+    for name, model_ep in sorted(models.items()):
+        missing = [g for g, eps in zip(ENTRY_POINT_GROUPS[1:], (trainers, configs)) if name not in eps]
+        if missing:
+            logger.warning("plugin model %r is not usable: no entry point in %s", name, ", ".join(missing))
+            continue
+        try:
+            config = configs[name].load()
+            config_path = Path(config() if callable(config) else config)
+            model, trainer = model_ep.load(), trainers[name].load()
+        except Exception as e:  # a broken third-party plugin must not break every other model
+            logger.warning("plugin model %r could not be loaded and is skipped: %s: %s", name, type(e).__name__, e)
+            continue
+        dist = getattr(model_ep, "dist", None)
+        found[name] = Plugin(name, model, trainer, config_path, dist.name if dist is not None else "?")
+    return found
+
+
+def refresh_plugins() -> None:
+    """Forget cached discovery (after installing a distribution at run time, e.g. in tests)."""
+    plugins.cache_clear()
+    _merged_config_file.cache_clear()
+
+
+def builtin_models() -> list[str]:
+    from MMSA.trains import ATIO
+    return sorted(_ORIGINAL.get("TRAIN_MAP_KEYS") or ATIO().TRAIN_MAP)
+
+
+def registered_models() -> dict[str, str]:
+    """name -> where it comes from ('MMSA' or the plugin's distribution)."""
+    names = {name: "MMSA" for name in builtin_models()}
+    names.update({name: p.distribution for name, p in plugins().items()})
+    return dict(sorted(names.items()))
+
+
+def check_model_name(name: str) -> str:
+    name = name.lower()
+    if name not in registered_models():
+        raise UnknownModelError(
+            f"unknown model {name!r}; registered models: {', '.join(registered_models())}")
+    return name
+
+
+# --------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------
+def mmsa_default_config(kind: str = "regression") -> Path:
+    import MMSA
+    return Path(MMSA.__file__).parent / "config" / f"config_{kind}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _merged_config_file(base: str, name: str) -> str:
+    """A temp copy of the JSON `base` with plugin `name`'s section added, for MMSA's loaders."""
+    with open(base) as f:
+        merged = json.load(f)
+    with open(plugins()[name].config_path) as f:
+        merged[name] = json.load(f)[name]
+    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"{Path(base).stem}+{name}.json"
+    tmp.write_text(json.dumps(merged))
+    return str(tmp)
+
+
+def _config_file_for(model_name: str, config_file, kind: str) -> str:
+    """MMSA reads one JSON per call; hand it one that holds the plugin's section when needed."""
+    base = str(config_file) if config_file not in (None, "") else str(mmsa_default_config(kind))
+    if model_name in plugins():
+        with open(base) as f:
+            has_section = model_name in json.load(f)
+        if not has_section:
+            return _merged_config_file(base, model_name)
+    return base
+
+
+# --------------------------------------------------------------------------------------
+# Registration: AMIO, ATIO, config loaders
+# --------------------------------------------------------------------------------------
+_ORIGINAL: dict[str, Any] = {}
+
+
+def _register_models() -> None:
+    import importlib
+    amio_module = importlib.import_module("MMSA.models.AMIO")  # the module (MMSA.models.AMIO is the class)
+    AMIO = amio_module.AMIO
+    original_init = _ORIGINAL.setdefault("AMIO.__init__", AMIO.__init__)
+
+    def __init__(self, args):
+        plugin = plugins().get(str(args["model_name"]).lower())
+        if plugin is None:
+            return original_init(self, args)
+        # Same construction as AMIO.__init__, with the plugin's class instead of MODEL_MAP's.
+        torch.nn.Module.__init__(self)
+        self.need_model_aligned = args.get("need_model_aligned", None)
+        if self.need_model_aligned:
+            self.alignNet = amio_module.AlignSubNet(args, "avg_pool")
+            if "seq_lens" in args.keys():
+                args["seq_lens"] = self.alignNet.get_seq_len()
+        self.Model = plugin.model(args)
+
+    AMIO.__init__ = __init__
+
+
+def _register_trainers() -> None:
+    from MMSA.trains import ATIO
+    original = _ORIGINAL.setdefault("ATIO.getTrain", ATIO.getTrain)
+    _ORIGINAL.setdefault("TRAIN_MAP_KEYS", tuple(ATIO().TRAIN_MAP))
+
+    def getTrain(self, args):
+        plugin = plugins().get(str(args["model_name"]).lower())
+        return plugin.trainer(args) if plugin else original(self, args)
+
+    ATIO.getTrain = getTrain
+
+
+def _register_configs() -> None:
+    import MMSA
+    import MMSA.config
+    import MMSA.run
+    originals = {kind: _ORIGINAL.setdefault(f"config.{kind}", getattr(MMSA.config, f"get_config_{kind}"))
+                 for kind in ("regression", "tune")}
+
+    def get_config_regression(model_name, dataset_name, config_file=""):
+        model_name = model_name.lower()
+        return originals["regression"](model_name, dataset_name,
+                                       _config_file_for(model_name, config_file, "regression"))
+
+    def get_config_tune(model_name, dataset_name, config_file="", random_choice=True):
+        model_name = model_name.lower()
+        return originals["tune"](model_name, dataset_name,
+                                 _config_file_for(model_name, config_file, "tune"), random_choice)
+
+    for module in (MMSA, MMSA.config, MMSA.run):
+        module.get_config_regression = get_config_regression
+        module.get_config_tune = get_config_tune
+
+
+# --------------------------------------------------------------------------------------
+# Compat fixes, one per MMSA bug (METHOD.md §8). Each is named and tested on its own.
+# --------------------------------------------------------------------------------------
+class _SafeCuda:
+    """torch.cuda, except that set_device ignores non-CUDA devices."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def set_device(device):
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(device)
+
+
+class _MMSARunTorch:
+    """Stands in for `torch` inside MMSA.run only: CPU-safe set_device, weights-only loads."""
+    cuda = _SafeCuda()
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        kwargs.setdefault("map_location", "cpu")
+        return torch.load(f, *args, **kwargs)
+
+
+def fix_cpu_set_device() -> None:
+    """MMSA_run calls torch.cuda.set_device(args['device']) even for a CPU device and crashes
+    without CUDA; checkpoints are also loaded there with plain torch.load (weights_only=True here)."""
+    import MMSA.run
+    MMSA.run.torch = _MMSARunTorch()
+
+
+def _reduce_lr_accepts_verbose() -> bool:
+    return "verbose" in inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau.__init__).parameters
+
+
+class ReduceLROnPlateauCompat(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau that drops the `verbose=` argument current torch no longer accepts."""
+
+    def __init__(self, *args, verbose=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+def fix_reduce_lr_verbose() -> None:
+    """MulT / MMIM / TFR_Net trainers pass verbose= to ReduceLROnPlateau: a TypeError on torch >= 2.7."""
+    if _reduce_lr_accepts_verbose():
+        return
+    import importlib
+    import pkgutil
+
+    import MMSA.trains
+    for info in pkgutil.walk_packages(MMSA.trains.__path__, "MMSA.trains."):
+        module = importlib.import_module(info.name)
+        if getattr(module, "ReduceLROnPlateau", None) is torch.optim.lr_scheduler.ReduceLROnPlateau:
+            module.ReduceLROnPlateau = ReduceLROnPlateauCompat
+
+
+def _plain_round(number, ndigits=None):
+    """round() that returns a Python float, so CSVs show 85.2 rather than np.float64(85.2)."""
+    value = builtins.round(number, ndigits)
+    return float(value) if ndigits is not None else int(value)
+
+
+def fix_numpy_text_in_csv() -> None:
+    """Under numpy 2, MMSA_run writes cells like '(np.float64(85.2), np.float64(0.3))'."""
+    import MMSA.run
+    MMSA.run.round = _plain_round
+
+
+def fix_duplicate_log_handlers() -> None:
+    """MMSA's _set_logger adds a file and a stream handler on every call: lines repeat N times."""
+    import MMSA.run
+    original = _ORIGINAL.setdefault("run._set_logger", MMSA.run._set_logger)
+
+    def _set_logger(log_dir, model_name, dataset_name, verbose_level):
+        mmsa_logger = logging.getLogger("MMSA")
+        for handler in list(mmsa_logger.handlers):
+            mmsa_logger.removeHandler(handler)
+            handler.close()
+        return original(log_dir, model_name, dataset_name, verbose_level)
+
+    MMSA.run._set_logger = _set_logger
+
+
+def resolve_output_dirs(model_save_dir=None, res_save_dir=None, log_dir=None) -> dict[str, Path]:
+    """'' or None means MMSA's documented default under ~/MMSA/, never the working directory."""
+    chosen = {"model_save_dir": model_save_dir, "res_save_dir": res_save_dir, "log_dir": log_dir}
+    defaults = {"model_save_dir": "saved_models", "res_save_dir": "results", "log_dir": "logs"}
+    return {k: Path(v) if v not in (None, "") else DEFAULT_OUTPUT_ROOT / defaults[k] for k, v in chosen.items()}
+
+
+def fix_empty_paths() -> None:
+    """`python -m MMSA` passes '' for -c and the output dirs: '' becomes Path('.'), so -c fails
+    with FileNotFoundError('.') and results, models and logs land in the working directory."""
+    import MMSA
+    import MMSA.run
+    original = _ORIGINAL.setdefault("run.MMSA_run", MMSA.run.MMSA_run)
+
+    @functools.wraps(original)
+    def MMSA_run(model_name, dataset_name, config_file=None, *args, **kwargs):
+        model_name = check_model_name(model_name)
+        dirs = resolve_output_dirs(*(kwargs.get(k) for k in ("model_save_dir", "res_save_dir", "log_dir")))
+        kwargs.update({k: str(v) for k, v in dirs.items()})
+        config_file = _config_file_for(model_name, config_file, "tune" if kwargs.get("is_tune") else "regression")
+        return original(model_name, dataset_name, config_file, *args, **kwargs)
+
+    MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
+
+
+def checkpoint_path(model_save_dir, model_name: str, dataset_name: str, seed: int, tag: str = "") -> Path:
+    """One checkpoint per (model, dataset, seed[, tag]) instead of one file every seed overwrites."""
+    suffix = f"-{tag}" if tag else ""
+    return Path(model_save_dir) / f"{model_name}-{dataset_name}{suffix}-seed{seed}.pth"
+
+
+def fix_checkpoint_per_seed() -> None:
+    """MMSA_run saves every seed to the same '<model>-<dataset>.pth', so only the last survives."""
+    import MMSA.run
+    original_seed = _ORIGINAL.setdefault("run.setup_seed", MMSA.run.setup_seed)
+    original_run = _ORIGINAL.setdefault("run._run", MMSA.run._run)
+    current = {}
+
+    def setup_seed(seed):
+        current["seed"] = seed
+        return original_seed(seed)
+
+    def _run(args, *rest, **kwargs):
+        base = Path(args.setdefault("checkpoint_base", args["model_save_path"]))
+        if "seed" in current:
+            args["model_save_path"] = checkpoint_path(base.parent, args["model_name"], args["dataset_name"],
+                                                      current["seed"])
+        return original_run(args, *rest, **kwargs)
+
+    MMSA.run.setup_seed = setup_seed
+    MMSA.run._run = _run
+
+
+def build_dataloaders(args, num_workers: int = 0):
+    """MMSA's MMDataLoader, except that valid and test keep their order (MMSA shuffles every split)."""
+    from MMSA.data_loader import MMDataLoader
+    from torch.utils.data import DataLoader
+    loaders = _ORIGINAL.get("MMDataLoader", MMDataLoader)(args, num_workers)
+    for split in ("valid", "test"):
+        loaders[split] = DataLoader(loaders[split].dataset, batch_size=args["batch_size"],
+                                    num_workers=num_workers, shuffle=False)
+    return loaders
+
+
+def fix_eval_shuffle() -> None:
+    """Every MMSA DataLoader shuffles, valid and test included; evaluation order should be fixed."""
+    import MMSA.run
+    _ORIGINAL.setdefault("MMDataLoader", MMSA.run.MMDataLoader)
+    MMSA.run.MMDataLoader = build_dataloaders
+
+
+class _RestrictedPickleModule:
+    """Stands in for `pickle` inside MMSA's data loader and MMSA_test: allow-list loading only."""
+
+    @staticmethod
+    def load(f):
+        return safe_pickle_loads(f.read(), getattr(f, "name", "<file>"))
+
+    def __getattr__(self, name):
+        import pickle
+        return getattr(pickle, name)
+
+
+def fix_unsafe_pickle_load() -> None:
+    """MMSA unpickles dataset / feature files with pickle.load, which runs any code they carry."""
+    import MMSA.data_loader
+    import MMSA.run
+    MMSA.data_loader.pickle = MMSA.run.pickle = _RestrictedPickleModule()
+
+
+COMPAT_FIXES = (
+    fix_cpu_set_device,
+    fix_reduce_lr_verbose,
+    fix_numpy_text_in_csv,
+    fix_duplicate_log_handlers,
+    fix_empty_paths,
+    fix_checkpoint_per_seed,
+    fix_eval_shuffle,
+    fix_unsafe_pickle_load,
+)
+
+_installed = False
+
+
+def install() -> None:
+    """Register every plugin with MMSA and apply the compat fixes (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _register_models()
+    _register_trainers()
+    _register_configs()
+    for fix in COMPAT_FIXES:
+        fix()
+    _installed = True
+    logger.debug("MMSA host adapter installed; plugins: %s", ", ".join(plugins()) or "none")
+
+
+def install_when_mmsa_imports() -> None:
+    """Install now if MMSA is already imported, otherwise right after `import MMSA` completes,
+    so that importing the pure-PyTorch model does not pay for importing MMSA (and transformers)."""
+    if "MMSA.run" in sys.modules:
+        install()
+        return
+    import importlib.abc
+    import importlib.util
+
+    class _InstallAfterMMSA(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != "MMSA":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_then_install(module):
+                exec_module(module)
+                install()
+
+            spec.loader.exec_module = exec_then_install
+            return spec
+
+    if not any(type(f).__name__ == "_InstallAfterMMSA" for f in sys.meta_path):
+        sys.meta_path.insert(0, _InstallAfterMMSA())
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks for our own experiment driver (runner.py), all through MMSA's code paths
+# --------------------------------------------------------------------------------------
+def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool = False):
+    import MMSA.config
+    install()
+    getter = MMSA.config.get_config_tune if tune else MMSA.config.get_config_regression
+    return getter(check_model_name(model_name), dataset_name.lower(), config_file or "")
+
+
+def build_model(args) -> torch.nn.Module:
+    from MMSA.models import AMIO
+    install()
+    return AMIO(args)
+
+
+def build_trainer(args):
+    from MMSA.trains import ATIO
+    install()
+    return ATIO().getTrain(args)
+
+
+def setup_seed(seed: int) -> None:
+    from MMSA.utils import setup_seed as mmsa_setup_seed
+    mmsa_setup_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def save_checkpoint(model: torch.nn.Module, path) -> None:
+    with atomic_write(path) as f:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
+
+
+def load_checkpoint(model: torch.nn.Module, path) -> None:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_data_file(path):
+    return safe_pickle_load(path)
+
+
+def metrics_for(dataset_name: str):
+    """MMSA's regression metrics for a dataset: callable(pred (N,1), true (N,1)) -> dict."""
+    from MMSA.utils import MetricsTop
+    return MetricsTop("regression").getMetics(dataset_name)
+
+
+def metrics_text(results: dict) -> str:
+    from MMSA.utils import dict_to_str
+    return dict_to_str({k: v for k, v in results.items() if isinstance(v, (int, float))})
+
+
+def _dataset_common_params(dataset_name: str) -> dict:
+    with open(mmsa_default_config("regression")) as f:
+        return json.load(f)["datasetCommonParams"][dataset_name.lower()]
+
+
+def mmsa_dataset_root() -> Path:
+    with open(mmsa_default_config("regression")) as f:
+        return Path(json.load(f)["datasetCommonParams"]["dataset_root_dir"])
+
+
+def dataset_relative_path(dataset_name: str, aligned: bool = False) -> str:
+    """Where MMSA expects the processed features under its dataset root, e.g. MOSI/Processed/unaligned_50.pkl."""
+    return aligned_dataset_params(dataset_name)["featurePath"] if aligned else \
+        _dataset_common_params(dataset_name)["unaligned"]["featurePath"]
+
+
+def aligned_dataset_params(dataset_name: str) -> dict:
+    """MMSA's dataset params for the word-aligned features, with need_data_aligned switched on."""
+    params = _dataset_common_params(dataset_name)
+    if "aligned" not in params:
+        raise InputError(f"MMSA has no word-aligned features for {dataset_name.upper()}; drop --aligned")
+    return {**params["aligned"], "need_data_aligned": True}
