@@ -1,0 +1,305 @@
+"""The `mmsa` command: MMSA's `python -m MMSA` flags for every registered model, plus our own.
+
+    mmsa -m alignmamba -d mosi --synthetic -s 1111          train + test, results under ~/MMSA/
+    mmsa -m mult -d mosi --missing-protocol sample --missing-rates 0.1 0.4 0.7
+    mmsa models | make-synthetic | ablate | report | bench   (see `mmsa <command> -h`)
+
+Every failure caused by the user's input (unknown model, missing data file, bad option) prints
+one line `mmsa: error: …` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import host
+from .safeio import InputError
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+SUBCOMMANDS = ("models", "make-synthetic", "ablate", "report", "bench")
+SYNTHETIC_SIZES = ("small", "full")
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"missing rate {text} is outside [0, 1)")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("-d", "--dataset", type=str.lower, default="mosi", choices=host.DATASETS, help="dataset (default mosi)")
+    g.add_argument("--data-dir", default=os.environ.get("MMSA_DATA_DIR"),
+                   help="root holding MOSI/Processed/unaligned_50.pkl etc. (env MMSA_DATA_DIR; default: MMSA's dataset_root_dir)")
+    g.add_argument("--feature-path", help="one MMSA-format pickle with all modalities (overrides --data-dir)")
+    g.add_argument("-Ft", "--feature-T", default="", help="custom text feature pickle")
+    g.add_argument("-Fa", "--feature-A", default="", help="custom audio feature pickle")
+    g.add_argument("-Fv", "--feature-V", default="", help="custom vision feature pickle")
+    g.add_argument("--aligned", action="store_true", help="use the word-aligned features (MOSI/MOSEI only)")
+    g.add_argument("--synthetic", action="store_true",
+                   help="generate, cache and use an MMSA-format SYNTHETIC copy of the dataset (no real data needed)")
+    g.add_argument("--synthetic-size", default="small", choices=SYNTHETIC_SIZES,
+                   help="small (default, a few minutes on 2 CPU cores) or full (the real dataset's sizes)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default="", help="MMSA-format config JSON (default: MMSA's + the plugins')")
+    p.add_argument("-s", "--seeds", action="append", type=int, default=[], help="seed; repeat for several (default 1111..1115)")
+    p.add_argument("-n", "--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="0 errors, 1 info, 2 debug")
+    p.add_argument("-g", "--gpu-ids", action="append", default=[], help="GPU id (implies --device cuda)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available and -g given, else cpu")
+    p.add_argument("--model-save-dir", default="", help='default "~/MMSA/saved_models"')
+    p.add_argument("--res-save-dir", default="", help='default "~/MMSA/results"')
+    p.add_argument("--log-dir", default="", help='default "~/MMSA/logs"')
+    p.add_argument("--epochs", type=int, help="at most this many training epochs (any model)")
+    p.add_argument("--early-stop", type=int, help="epochs without validation improvement before stopping")
+    p.add_argument("--pretrained", help="local BERT folder for BERT-based models (no hub downloads here)")
+    m = p.add_argument_group("missing modalities")
+    from .missing import MISSING_PROTOCOLS
+    m.add_argument("--missing-protocol", choices=MISSING_PROTOCOLS, help="run a missing-rate sweep with this protocol")
+    m.add_argument("--missing-rates", nargs="+", type=_rate, default=None,
+                   help="missing rates (default 0.1 0.2 … 0.7 with --missing-protocol)")
+    m.add_argument("--train-missing", action="store_true", help="train with the same protocol too (as IMDer does)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmsa", description="Train and test MMSA models (built-in and plugins) on CMU-MOSI/MOSEI/SIMS. "
+        f"Other commands: {', '.join(SUBCOMMANDS)} (mmsa <command> -h).")
+    p.add_argument("-m", "--model", type=str.lower, default="alignmamba", help="model name (see `mmsa models`)")
+    p.add_argument("-t", "--tune", action="store_true", help="random hyper-parameter search (MMSA's tune mode)")
+    p.add_argument("-tt", "--tune-times", type=int, default=50, help="number of tuning trials")
+    _add_data_options(p)
+    _add_run_options(p)
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+def setup_logging(verbose: int) -> None:
+    """Console logging for MMSA's logger and ours (one handler each, however often called)."""
+    handler = logging.StreamHandler()
+    handler.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}[verbose])
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    for lg in (logging.getLogger("MMSA"), logger):
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+        lg.addHandler(handler)
+
+
+def add_log_file(log_dir: Path, name: str) -> Path:
+    """Also log everything (debug level) to <log_dir>/<name>.log, once the inputs are validated."""
+    path = Path(log_dir) / f"{name}.log"
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
+    for lg in (logging.getLogger("MMSA"), logger):
+        lg.addHandler(handler)
+    return path
+
+
+def resolve_data(args) -> tuple[str | None, str]:
+    """-> (path of the dataset pickle to use, data tag 'real' or 'synthetic-<size>')."""
+    if args.synthetic:
+        from .synthetic import ensure_synthetic
+        cache = Path(args.data_dir) if args.data_dir else host.DEFAULT_OUTPUT_ROOT
+        path = ensure_synthetic(cache, args.dataset, aligned=args.aligned, size=args.synthetic_size, seed=0)
+        logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
+        return str(path), f"synthetic-{args.synthetic_size}"
+    if args.feature_path:
+        path = Path(args.feature_path)
+    else:
+        relative = host.dataset_relative_path(args.dataset, args.aligned)
+        root = Path(args.data_dir) if args.data_dir else host.mmsa_dataset_root()
+        path = root / relative
+    if not path.is_file():
+        raise InputError(
+            f"dataset file not found: {path}. Download MMSA's processed {args.dataset.upper()} features "
+            f"(see https://github.com/thuiar/MMSA, 'Datasets') and pass --data-dir ROOT (or set MMSA_DATA_DIR) so that "
+            f"ROOT/{host.dataset_relative_path(args.dataset, args.aligned)} exists, or pass --feature-path FILE, "
+            "or add --synthetic to run on generated MMSA-format data")
+    return str(path), "real"
+
+
+def resolve_device(args) -> str:
+    import torch
+    device = args.device or ("cuda" if args.gpu_ids and torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+        if args.gpu_ids:
+            device = f"cuda:{int(args.gpu_ids[0])}"
+    return device
+
+
+def settings_from(args, feature_path: str | None):
+    from .runner import RunSettings
+    dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
+    for name, d in dirs.items():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
+        if not os.access(d, os.W_OK):
+            raise InputError(f"output directory {d} ({name}) is not writable")
+    for flag, value in (("--epochs", args.epochs), ("--early-stop", args.early_stop), ("-n", args.num_workers)):
+        if value is not None and value < (0 if flag == "-n" else 1):
+            raise InputError(f"{flag} must be {'>= 0' if flag == '-n' else '>= 1'}, got {value}")
+    return RunSettings(
+        config_file=args.config or None, feature_path=feature_path, feature_T=args.feature_T,
+        feature_A=args.feature_A, feature_V=args.feature_V, aligned=args.aligned, device=resolve_device(args),
+        num_workers=args.num_workers, epochs=args.epochs, early_stop=args.early_stop, pretrained=args.pretrained,
+        train_missing=args.train_missing, **dirs)
+
+
+def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol: str | None,
+                rates: list[float] | None, variants=("",)) -> list:
+    from .runner import COMPLETE, Cell
+    seeds = seeds or [1111, 1112, 1113, 1114, 1115]
+    if protocol is None and rates:
+        raise InputError("--missing-rates needs --missing-protocol")
+    settings = [(COMPLETE, 0.0)]
+    if protocol is not None:
+        rates = rates if rates is not None else [round(0.1 * i, 1) for i in range(1, 8)]
+        settings = [(COMPLETE, 0.0) if r == 0 else (protocol, r) for r in rates]
+    return [Cell(model, dataset, data, seed, p, r, v) for v in variants for seed in seeds for p, r in settings]
+
+
+def run_sweep(cells, settings) -> dict:
+    from tqdm import tqdm
+
+    from .report import write_summary
+    from .runner import run_cells
+    with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
+        run_cells(cells, settings, progress=bar)
+    paths = write_summary(settings.res_save_dir)
+    print(Path(paths["md"]).read_text())
+    for kind, path in paths.items():
+        logger.info("wrote %s: %s", kind, path)
+    return paths
+
+
+def cmd_run(argv) -> int:
+    args = run_parser().parse_args(argv)
+    model = host.check_model_name(args.model)
+    setup_logging(args.verbose)
+    feature_path, data = resolve_data(args)
+    settings = settings_from(args, feature_path)
+    add_log_file(settings.log_dir, f"{model}-{args.dataset}")
+    if args.tune:
+        return cmd_tune(args, model, settings)
+    cells = build_cells(model, args.dataset, data, args.seeds, args.missing_protocol, args.missing_rates)
+    logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, data, len(cells))
+    run_sweep(cells, settings)
+    return 0
+
+
+def cmd_tune(args, model: str, settings) -> int:
+    import MMSA
+    import torch
+    overrides = {"featurePath": settings.feature_path, "device": torch.device(settings.device)}
+    MMSA.MMSA_run(model, args.dataset, config_file=args.config, config=overrides, seeds=args.seeds,
+                  is_tune=True, tune_times=args.tune_times, feature_T=args.feature_T, feature_A=args.feature_A,
+                  feature_V=args.feature_V, num_workers=args.num_workers, verbose_level=args.verbose,
+                  model_save_dir=str(settings.model_save_dir), res_save_dir=str(settings.res_save_dir),
+                  log_dir=args.log_dir)
+    return 0
+
+
+def cmd_models(argv) -> int:
+    argparse.ArgumentParser(prog="mmsa models", description="List every registered model.").parse_args(argv)
+    for name, source in host.registered_models().items():
+        print(f"{name:12s} {source}")
+    return 0
+
+
+def cmd_make_synthetic(argv) -> int:
+    from .synthetic import PRESETS, write_synthetic
+    p = argparse.ArgumentParser(prog="mmsa make-synthetic",
+                                description="Write an MMSA-format SYNTHETIC dataset pickle (not real data).")
+    p.add_argument("--like", required=True, type=str.lower, choices=sorted(PRESETS))
+    p.add_argument("--aligned", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="full", choices=SYNTHETIC_SIZES)
+    for split in ("train", "valid", "test"):
+        p.add_argument(f"--n-{split}", type=int, help=f"number of {split} samples (overrides --size)")
+    args = p.parse_args(argv)
+    size = args.size
+    counts = {f"n_{s}": getattr(args, f"n_{s}") for s in ("train", "valid", "test") if getattr(args, f"n_{s}")}
+    if counts:
+        size = {**dict(zip(("n_train", "n_valid", "n_test"), PRESETS[args.like]["sizes"][args.size])), **counts}
+    path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed)
+    print(f"wrote SYNTHETIC {args.like.upper()}-format data: {path}")
+    return 0
+
+
+def cmd_ablate(argv) -> int:
+    from .model import ABLATIONS
+    p = argparse.ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
+                                "(paper Table 3), same seeds, one table.")
+    _add_data_options(p)
+    _add_run_options(p)
+    p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    feature_path, data = resolve_data(args)
+    settings = settings_from(args, feature_path)
+    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
+    cells = build_cells("alignmamba", args.dataset, data, args.seeds, args.missing_protocol, args.missing_rates,
+                        variants=[v if v != "alignmamba" else "" for v in args.variants])
+    run_sweep(cells, settings)
+    return 0
+
+
+def cmd_report(argv) -> int:
+    from .report import write_report
+    p = argparse.ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots "
+                                "of every run in a results directory.")
+    p.add_argument("--results-dir", default="", help='default "~/MMSA/results"')
+    args = p.parse_args(argv)
+    res_dir = host.resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
+    if not (res_dir / "cells").is_dir():
+        raise InputError(f"no finished runs under {res_dir} (expected {res_dir / 'cells'})")
+    paths = write_report(res_dir)
+    print(Path(paths["md"]).read_text())
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def cmd_bench(argv) -> int:
+    from .bench import main as bench_main
+    return bench_main(argv)
+
+
+COMMANDS = {"models": cmd_models, "make-synthetic": cmd_make_synthetic, "ablate": cmd_ablate,
+            "report": cmd_report, "bench": cmd_bench}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0], cmd_run) if argv else cmd_run
+    if command is not cmd_run:
+        argv = argv[1:]
+    try:
+        return command(argv)
+    except (InputError, host.UnknownModelError) as e:
+        print(f"mmsa: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmsa: interrupted; finished runs are kept and will be skipped when you run the same command again",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""AlignMamba (Li et al., CVPR 2025) as one readable PyTorch module, plus its ablations.
+
+    audio (B,Ta,da) ─ encoder ─┐                       ┌─ MMD²(X̃a, Xl) ┐
+    vision (B,Tv,dv) ─ encoder ─┼─ relaxed OT onto text ─┤                ├─ L_align
+    text (B,Tl,dt) ─ encoder ───┘    X̃a, X̃v: (B,Tl,d)   └─ MMD²(X̃v, Xl) ┘
+      → interleave [ã1, ṽ1, l1, ã2, ṽ2, l2, …] (B,3·Tl,d) → Mamba × n_layers → mean pool → head
+
+Pure PyTorch: nothing here imports MMSA. `AlignMamba.from_mmsa_args` reads MMSA's config dict
+(that is the object MMSA's AMIO hands every model), and `forward` keeps MMSA's calling
+convention `model(text, audio, vision, **extras) -> {"M": (B,1), ...}` so MMSA's own
+MMSA_test, which passes no lengths, works too.
+
+Choices the paper leaves open are config fields (see AlignMambaConfig and the README).
+Missing modalities (modality_mask from missing.py): an absent modality's encoded sequence is
+replaced by a learned per-modality "missing" embedding; when the language anchor itself is
+absent, OT has nothing to align to, so audio and vision fall back to the time-proportional
+plan (source step i of T_m goes to anchor step ⌊i·T_l/T_m⌋), and that sample's MMD term is
+dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .alignment import mmd2, relaxed_ot_align, soft_ot_align, uniform_align
+from .mamba import Mamba
+
+MODALITIES = ("text", "audio", "vision")
+LOCAL_ALIGNMENTS = ("ot", "soft_ot", "none")
+FUSIONS = ("interleave", "single_stream", "multi_stream")
+
+
+@dataclass
+class AlignMambaConfig:
+    feature_dims: tuple[int, int, int] = (768, 5, 20)  # text, audio, vision input widths
+    d_model: int = 64                 # common width d of every modality after its encoder
+    n_layers: int = 2                 # Mamba blocks in the fusion stack
+    d_state: int = 16                 # SSM state size N
+    d_conv: int = 4                   # Mamba's causal depthwise conv width
+    expand: int = 2                   # Mamba inner width = expand * d_model
+    encoder_kernels: tuple[int, int, int] = (1, 3, 3)  # Conv1d kernel per modality encoder
+    dropout: float = 0.1
+    local_alignment: str = "ot"       # "ot" (paper: relaxed OT), "soft_ot" (ours), "none" (time-proportional)
+    ot_rescale: bool = True           # aligned = T_l·MᵀX (mean-like scale) instead of MᵀX (≈1/T_m scale)
+    ot_temperature: float = 0.1       # soft_ot only
+    ot_block_size: int = 1024         # source rows per block when computing the OT argmin
+    global_alignment: bool = True     # MMD² between aligned audio/vision and text
+    mmd_sigmas: tuple[float, ...] | str = (0.5, 1.0, 2.0)  # Gaussian bandwidths, or "median"
+    fusion: str = "interleave"        # "interleave" (paper), "single_stream", "multi_stream"
+    modalities: tuple[str, ...] = MODALITIES  # drop one for the w/o-audio/vision/language ablations
+    use_bert: bool = False            # text is (B,3,T) token ids and a local BERT is fine-tuned
+    pretrained: str | None = None     # local folder of that BERT (no hub downloads)
+
+    def __post_init__(self):
+        self.feature_dims = tuple(int(d) for d in self.feature_dims)
+        self.encoder_kernels = tuple(int(k) for k in self.encoder_kernels)
+        self.modalities = tuple(self.modalities)
+        if not isinstance(self.mmd_sigmas, str):
+            self.mmd_sigmas = tuple(float(s) for s in self.mmd_sigmas)
+        checks = [
+            (self.local_alignment in LOCAL_ALIGNMENTS, f"local_alignment must be one of {LOCAL_ALIGNMENTS}"),
+            (self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"),
+            (bool(self.modalities) and set(self.modalities) <= set(MODALITIES),
+             f"modalities must be a non-empty subset of {MODALITIES}"),
+            (self.d_model > 0 and self.n_layers > 0 and self.d_state > 0, "d_model, n_layers, d_state must be > 0"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (not self.use_bert or self.pretrained, "use_bert needs `pretrained`: a local BERT folder"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"AlignMambaConfig: {message}")
+
+    @classmethod
+    def from_mmsa_args(cls, args) -> "AlignMambaConfig":
+        """Pick this config's fields out of MMSA's flat args dict (extra keys are MMSA's own)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: args[k] for k in known if k in args})
+
+
+class ResidualMamba(nn.Module):
+    """Pre-norm residual block: x + Mamba(LayerNorm(x)). (B, L, d) -> (B, L, d)."""
+
+    def __init__(self, cfg: AlignMambaConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.mixer = Mamba(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return x + self.dropout(self.mixer(self.norm(x)))
+
+
+class MambaStack(nn.Module):
+    def __init__(self, cfg: AlignMambaConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(ResidualMamba(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+class SequenceEncoder(nn.Module):
+    """Conv1d projection of one modality to the common width: (B, T, d_in) -> (B, T, d)."""
+
+    def __init__(self, d_in: int, d_model: int, kernel: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Conv1d(d_in, d_model, kernel_size=kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x):
+        return self.proj(self.dropout(x).transpose(1, 2)).transpose(1, 2)
+
+
+def masked_mean(x, mask):
+    """Mean over valid steps: x (B, L, d), mask (B, L) bool -> (B, d); all-padding rows give 0."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def lengths_to_mask(lengths, max_len: int, batch: int, device) -> torch.Tensor:
+    """(B,) true lengths -> (B, max_len) bool; None means every step is valid (MMSA_test)."""
+    if lengths is None:
+        return torch.ones(batch, max_len, dtype=torch.bool, device=device)
+    lengths = torch.as_tensor(lengths, device=device).long().clamp(1, max_len)
+    return torch.arange(max_len, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class AlignMamba(nn.Module):
+    def __init__(self, cfg: AlignMambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        if cfg.use_bert:
+            from transformers import AutoModel  # only for use_bert; a local folder, never a hub id
+            self.bert = AutoModel.from_pretrained(cfg.pretrained, local_files_only=True)
+            text_dim = self.bert.config.hidden_size
+        else:
+            self.bert = None
+            text_dim = cfg.feature_dims[0]
+        in_dims = dict(zip(MODALITIES, (text_dim, *cfg.feature_dims[1:])))
+        kernels = dict(zip(MODALITIES, cfg.encoder_kernels))
+        self.encoders = nn.ModuleDict(
+            {m: SequenceEncoder(in_dims[m], d, kernels[m], cfg.dropout) for m in cfg.modalities})
+        # A learned stand-in for a modality that the missing-modality protocol removed.
+        self.missing_embedding = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in cfg.modalities})
+        n_streams = len(cfg.modalities) if cfg.fusion == "multi_stream" else 1
+        self.fusion = nn.ModuleList(MambaStack(cfg) for _ in range(n_streams))
+        self.head = nn.Sequential(nn.Linear(d * n_streams, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, 1))
+
+    @classmethod
+    def from_mmsa_args(cls, args) -> "AlignMamba":
+        return cls(AlignMambaConfig.from_mmsa_args(args))
+
+    # ---- inputs -------------------------------------------------------------------------
+    def _text_features(self, text):
+        """-> features (B, Tl, dt), mask (B, Tl) bool."""
+        if self.bert is not None:
+            ids, attention, segments = text[:, 0].long(), text[:, 1].long(), text[:, 2].long()
+            out = self.bert(input_ids=ids, attention_mask=attention, token_type_ids=segments)
+            return out.last_hidden_state, attention.bool()
+        # Precomputed features: zero rows are padding (MMSA's BERT features have none, so all valid).
+        mask = text.abs().sum(-1) > 0
+        return text, mask | ~mask.any(1, keepdim=True)
+
+    def _encode(self, text, audio, vision, audio_lengths, vision_lengths, modality_mask):
+        """Encode each used modality to (B, T_m, d) with its (B, T_m) mask and (B,) presence."""
+        B, device = audio.shape[0], audio.device
+        raw = {"audio": (audio, lengths_to_mask(audio_lengths, audio.shape[1], B, device)),
+               "vision": (vision, lengths_to_mask(vision_lengths, vision.shape[1], B, device))}
+        if "text" in self.cfg.modalities:
+            raw["text"] = self._text_features(text)
+        present = (torch.ones(B, 3, dtype=torch.bool, device=device) if modality_mask is None
+                   else modality_mask.to(device).bool())
+        encoded = {}
+        for m in self.cfg.modalities:
+            x, mask = raw[m]
+            h = self.encoders[m](x.float())                                     # (B, T_m, d)
+            is_present = present[:, MODALITIES.index(m)]                        # (B,)
+            h = torch.where(is_present[:, None, None], h, self.missing_embedding[m].expand_as(h))
+            encoded[m] = (h, mask, is_present)
+        return encoded
+
+    # ---- alignment ----------------------------------------------------------------------
+    def _align(self, source, source_mask, anchor, anchor_mask, anchor_present):
+        """Align one source onto the anchor grid: (B, T_m, d) -> (B, T_l, d)."""
+        cfg = self.cfg
+        fallback = uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale)
+        if cfg.local_alignment == "none":
+            return fallback
+        if cfg.local_alignment == "ot":
+            aligned = relaxed_ot_align(source, anchor, source_mask, anchor_mask,
+                                       block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
+        else:
+            aligned = soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=cfg.ot_temperature,
+                                    block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
+        return torch.where(anchor_present[:, None, None], aligned, fallback)
+
+    def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,
+                **_unused):
+        cfg = self.cfg
+        enc = self._encode(text, audio, vision, audio_lengths, vision_lengths, modality_mask)
+        B = audio.shape[0]
+        align_loss = audio.new_zeros(())
+        features = {f"Feature_{m[0]}": masked_mean(h, mask) for m, (h, mask, _) in enc.items()}
+
+        if cfg.fusion == "multi_stream":
+            # One Mamba per modality on its own unaligned sequence, pooled and fused late.
+            pooled = [masked_mean(stack(enc[m][0]), enc[m][1]) for stack, m in zip(self.fusion, cfg.modalities)]
+            fused = torch.cat(pooled, dim=-1)                                    # (B, n·d)
+        elif cfg.fusion == "single_stream":
+            # Modalities concatenated along time, unaligned: (B, ΣT_m, d).
+            seq = torch.cat([enc[m][0] for m in cfg.modalities], dim=1)
+            mask = torch.cat([enc[m][1] for m in cfg.modalities], dim=1)
+            fused = masked_mean(self.fusion[0](seq), mask)
+        else:
+            # Anchor grid: language if used, else the first used modality's own time axis.
+            anchor_name = "text" if "text" in enc else cfg.modalities[0]
+            anchor, anchor_mask, anchor_present = enc[anchor_name]
+            if anchor_name != "text":  # no language anchor at all: the time-proportional plan
+                anchor_present = torch.zeros_like(anchor_present)
+            aligned = {anchor_name: anchor}
+            for m in cfg.modalities:
+                if m != anchor_name:
+                    aligned[m] = self._align(enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present)
+            if cfg.global_alignment and anchor_name == "text":
+                # MMD² between each aligned source and language, for samples where both exist.
+                for m in cfg.modalities:
+                    if m == "text":
+                        continue
+                    both = anchor_present & enc[m][2]
+                    per_sample = mmd2(aligned[m], anchor, anchor_mask, anchor_mask, sigmas=cfg.mmd_sigmas)  # (B,)
+                    align_loss = align_loss + (per_sample * both).sum() / both.sum().clamp_min(1)
+            # Time-priority interleaving [a1, v1, l1, a2, …]: stack on a new axis, then flatten.
+            order = [m for m in ("audio", "vision", "text") if m in aligned]
+            seq = torch.stack([aligned[m] for m in order], dim=2).flatten(1, 2)  # (B, n·Tl, d)
+            mask = anchor_mask.repeat_interleave(len(order), dim=1)              # (B, n·Tl)
+            fused = masked_mean(self.fusion[0](seq), mask)
+        features["Feature_f"] = fused
+        return {"M": self.head(fused), "align_loss": align_loss, **features}                    # M: (B, 1)
+
+
+def AlignMambaForMMSA(args) -> AlignMamba:
+    """The `mmsa.models` entry point: MMSA's AMIO calls it with its args dict."""
+    return AlignMamba.from_mmsa_args(args)
+
+
+# The paper's Table 3 ablations (plus language-only), as config overrides on top of AlignMamba.
+# Without OT, audio/vision still need a length-T_l grid to interleave: the time-proportional plan.
+ABLATIONS: dict[str, dict] = {
+    "alignmamba": {},
+    "wo_local_ot": {"local_alignment": "none"},
+    "wo_global_mmd": {"global_alignment": False},
+    "single_stream": {"fusion": "single_stream", "global_alignment": False},
+    "multi_stream": {"fusion": "multi_stream", "global_alignment": False},
+    "wo_audio": {"modalities": ["text", "vision"]},
+    "wo_video": {"modalities": ["text", "audio"]},
+    "wo_language": {"modalities": ["audio", "vision"]},
+    "language_only": {"modalities": ["text"]},
+}

@@ -1,0 +1,124 @@
+"""Leaderboards, robustness tables and plots, always rebuilt from the finished cells on disk.
+
+Accuracy and F1 columns are in percent (as the paper and MMSA's CSV report them); MAE and Corr
+stay raw. Every row carries its data source ('real' or 'synthetic-…'), and every table and plot
+made from synthetic data says so in its title.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .runner import COMPLETE, ResultStore
+from .safeio import atomic_write, atomic_write_text
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+KEYS = ["Model", "Dataset", "Data", "Protocol", "MissingRate"]
+RAW_METRICS = {"MAE", "Corr", "Loss", "train_seconds"}
+HEADLINE = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_2", "F1_score", "MAE", "Corr"]
+
+
+def _scaled(metric: str, value: float) -> float:
+    return value if metric in RAW_METRICS else 100.0 * value
+
+
+def cell_table(records: list[dict]) -> pd.DataFrame:
+    """One row per finished cell (per seed)."""
+    rows = []
+    for r in records:
+        c = r["cell"]
+        label = f"{c['model']}[{c['variant']}]" if c.get("variant") else c["model"]
+        row = {"Model": label, "Dataset": c["dataset"], "Data": c["data"], "Protocol": c["protocol"],
+               "MissingRate": float(c["rate"]), "Seed": int(c["seed"])}
+        row.update({m: _scaled(m, v) for m, v in r["metrics"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(records: list[dict]) -> pd.DataFrame:
+    """Mean and std over seeds per (model, dataset, data, protocol, rate); plain numeric cells."""
+    cells = cell_table(records)
+    if cells.empty:
+        return cells
+    metrics = [m for m in cells.columns if m not in KEYS + ["Seed"]]
+    grouped = cells.groupby(KEYS, sort=True)
+    out = grouped[metrics].mean().round(4)
+    std = grouped[metrics].std(ddof=0).round(4).add_suffix("_std")
+    out = out.join(std)
+    out.insert(0, "Seeds", grouped["Seed"].count())
+    ordered = ["Seeds"] + [c for m in metrics for c in (m, f"{m}_std")]
+    return out[ordered].reset_index()
+
+
+def robustness_table(summary: pd.DataFrame, low: float = 0.1, high: float = 0.7) -> pd.DataFrame:
+    """Per (model, dataset, data, protocol): the average over missing rates and Δ = metric(low) − metric(high)."""
+    missing = summary[summary["Protocol"] != COMPLETE]
+    metrics = [m for m in HEADLINE if m in summary.columns]
+    rows = []
+    for key, group in missing.groupby(["Model", "Dataset", "Data", "Protocol"], sort=True):
+        by_rate = group.set_index("MissingRate")
+        row = dict(zip(["Model", "Dataset", "Data", "Protocol"], key))
+        row["Rates"] = " ".join(f"{r:g}" for r in by_rate.index)
+        for m in metrics:
+            row[f"{m}_avg"] = round(float(by_rate[m].mean()), 4)
+            has_ends = np.isclose(by_rate.index, low).any() and np.isclose(by_rate.index, high).any()
+            row[f"{m}_delta"] = (round(float(by_rate[m][np.isclose(by_rate.index, low)].iloc[0]
+                                             - by_rate[m][np.isclose(by_rate.index, high)].iloc[0]), 4)
+                                 if has_ends else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """Compact markdown: metric cells as 'mean ± std' where a std column exists."""
+    if df.empty:
+        return "(no finished runs)\n"
+    metrics = metrics or [m for m in HEADLINE if m in df.columns]
+    keys = [k for k in df.columns if k in KEYS + ["Seeds", "Rates"]]
+    head = keys + metrics
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in df.iterrows():
+        cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        for m in metrics:
+            value = row[m]
+            std = row.get(f"{m}_std")
+            cells.append("—" if pd.isna(value) else (f"{value:.2f} ± {std:.2f}" if std is not None and not pd.isna(std)
+                                                    else f"{value:.2f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def synthetic_note(df: pd.DataFrame) -> str:
+    data = sorted(set(df["Data"])) if "Data" in df.columns else []
+    if any(d != "real" for d in data):
+        return ("**SYNTHETIC DATA** — rows whose Data column is not 'real' come from generated "
+                "MMSA-format data, not CMU-MOSI/MOSEI/SIMS; their numbers say nothing about real performance.\n\n")
+    return ""
+
+
+def write_csv(df: pd.DataFrame, path) -> Path:
+    with atomic_write(path, "w") as f:
+        df.to_csv(f, index=False)
+    return Path(path)
+
+
+def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
+    """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate runs)."""
+    res_dir = Path(res_dir)
+    summary = summary_table(ResultStore(res_dir).records())
+    paths = {"csv": write_csv(summary, res_dir / f"{name}.csv")}
+    text = f"# Results ({res_dir})\n\n" + synthetic_note(summary) + markdown_table(summary)
+    if not summary.empty and (summary["Protocol"] != COMPLETE).any():
+        robust = robustness_table(summary)
+        paths["robustness_csv"] = write_csv(robust, res_dir / f"{name}-robustness.csv")
+        avg_cols = [c for c in robust.columns if c.endswith(("_avg", "_delta"))
+                    and c.rsplit("_", 1)[0] in ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
+                                                "Mult_acc_2", "F1_score")]
+        text += "\n## Robustness: average over missing rates and Δ = metric(0.1) − metric(0.7)\n\n"
+        text += markdown_table(robust, avg_cols)
+    paths["md"] = atomic_write_text(res_dir / f"{name}.md", text)
+    return paths

@@ -1,0 +1,222 @@
+"""The experiment driver behind the `mmsa` command: runs (model, dataset, protocol, rate, seed)
+cells through MMSA's own loaders, models, trainers and metrics, and keeps every finished cell.
+
+Each finished cell is one JSON file under `<res_save_dir>/cells/`, written atomically, so a
+killed run or sweep started again skips what is done and redoes at most the cell that was
+running. Summaries (CSV + markdown) are always rebuilt from the cell files, never appended.
+Missing-modality sweeps without `train_missing` train once per seed on complete data and test
+that checkpoint at every missing rate (the model is the same for every rate).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import host
+from .safeio import atomic_write_text
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One train/test run. `variant` names an AlignMamba ablation ('' for the model as configured)."""
+    model: str
+    dataset: str
+    data: str          # 'real' or 'synthetic-<size>': results on different data never mix
+    seed: int
+    protocol: str = COMPLETE
+    rate: float = 0.0
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}[{self.variant}]" if self.variant else self.model
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identity: model[+variant]-dataset-data-protocol[rate]-seedS."""
+        model = f"{self.model}+{self.variant}" if self.variant else self.model
+        rate = "" if self.protocol == COMPLETE else f"{self.rate:.2f}"
+        return f"{model}-{self.dataset}-{self.data}-{self.protocol}{rate}-seed{self.seed}"
+
+    def path(self, res_dir: Path) -> Path:
+        return Path(res_dir) / "cells" / self.dataset / self.data / f"{self.slug}.json"
+
+
+class ResultStore:
+    """Finished cells as JSON files under `<res_dir>/cells/`."""
+
+    def __init__(self, res_dir):
+        self.res_dir = Path(res_dir)
+
+    def load(self, cell: Cell) -> dict | None:
+        path = cell.path(self.res_dir)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())["metrics"]
+
+    def save(self, cell: Cell, metrics: dict, extra: dict) -> None:
+        record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real", **extra}
+        atomic_write_text(cell.path(self.res_dir), json.dumps(record, indent=1, sort_keys=True))
+
+    def training_record(self, cell: Cell) -> dict | None:
+        path = cell.path(self.res_dir).with_suffix(".trained")
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_training_record(self, cell: Cell, record: dict) -> None:
+        atomic_write_text(cell.path(self.res_dir).with_suffix(".trained"), json.dumps(record))
+
+    def records(self) -> list[dict]:
+        root = self.res_dir / "cells"
+        return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+
+
+class EpochBudgetReached(Exception):
+    pass
+
+
+class EpochBudget:
+    """Wraps the train loader to stop any trainer (MMSA's loop until early stop) after N epochs."""
+
+    def __init__(self, loader, epochs: int):
+        self.loader, self.epochs, self.started = loader, epochs, 0
+        self.dataset = loader.dataset
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.started += 1
+        if self.started > self.epochs:
+            raise EpochBudgetReached
+        return iter(self.loader)
+
+
+@dataclass
+class RunSettings:
+    """Everything about a run that is not the cell itself."""
+    config_file: str | None = None
+    feature_path: str | None = None      # the dataset pickle (real, custom or synthetic)
+    custom_feature: str | None = None
+    feature_T: str = ""
+    feature_A: str = ""
+    feature_V: str = ""
+    aligned: bool = False
+    device: str = "cpu"
+    num_workers: int = 0
+    epochs: int | None = None
+    early_stop: int | None = None
+    pretrained: str | None = None
+    train_missing: bool = False
+    overrides: dict = field(default_factory=dict)
+    model_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "saved_models"
+    res_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "results"
+    log_dir: Path = host.DEFAULT_OUTPUT_ROOT / "logs"
+
+
+def build_args(cell: Cell, settings: RunSettings):
+    """MMSA's config for the cell, with this run's data paths, device and overrides."""
+    args = host.load_config(cell.model, cell.dataset, settings.config_file)
+    if settings.aligned:
+        args.update(host.aligned_dataset_params(cell.dataset))
+    args.update(
+        featurePath=settings.feature_path or args["featurePath"], custom_feature=settings.custom_feature,
+        feature_T=settings.feature_T, feature_A=settings.feature_A, feature_V=settings.feature_V,
+        device=torch.device(settings.device), train_mode="regression",
+        model_save_path=Path(settings.model_save_dir) / f"{cell.slug}.pth",
+    )
+    if settings.early_stop is not None:
+        args["early_stop"] = settings.early_stop
+    if settings.epochs is not None:
+        args["max_epochs"] = settings.epochs
+    if settings.pretrained:
+        args["pretrained"] = settings.pretrained
+    if cell.variant:
+        from .model import ABLATIONS
+        args.update(ABLATIONS[cell.variant])
+    args.update(settings.overrides)
+    return args
+
+
+def _wrap_missing(loaders, cell: Cell, args, train_missing: bool):
+    from .missing import MissingModalityLoader, make_protocol
+    protocol = make_protocol(cell.protocol, cell.rate, cell.seed, use_bert=bool(args.get("use_bert")))
+    splits = ("train", "valid", "test") if train_missing else ("test",)
+    return {s: MissingModalityLoader(l, protocol, s) if s in splits else l for s, l in loaders.items()}
+
+
+def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore"):
+    """Train the model for `cell` unless a finished training of it is on record; return it loaded
+    with its best-on-validation checkpoint and the trainer."""
+    model = host.build_model(args).to(args["device"])
+    trainer = host.build_trainer(args)
+    record = store.training_record(cell)
+    checkpoint = Path(args["model_save_path"])
+    if record is None or not checkpoint.is_file():
+        train_loaders = _wrap_missing(loaders, cell, args, True) if settings.train_missing else loaders
+        if settings.epochs is not None:
+            train_loaders = {**train_loaders, "train": EpochBudget(train_loaders["train"], settings.epochs)}
+        started = time.time()
+        try:
+            trainer.do_train(model, train_loaders)
+        except EpochBudgetReached:
+            logger.info("stopped %s after the --epochs budget of %d", cell.slug, settings.epochs)
+        record = {"train_seconds": round(time.time() - started, 2), "checkpoint": str(checkpoint)}
+        store.save_training_record(cell, record)
+    else:
+        logger.info("reusing the finished training of %s (%s)", cell.slug, checkpoint)
+    host.load_checkpoint(model, checkpoint)
+    return model.to(args["device"]), trainer, record
+
+
+def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], store: "ResultStore") -> None:
+    """Train one model for `cell` (complete data unless train_missing) and test it on each of
+    `test_cells` (same model and seed, different missing rates), saving each result at once."""
+    args = build_args(cell, settings)
+    args["cur_seed"] = cell.seed
+    host.setup_seed(cell.seed)
+    loaders = host.build_dataloaders(args, settings.num_workers)
+    model, trainer, record = _train(cell, settings, args, loaders, store)
+    for test_cell in test_cells:
+        host.setup_seed(cell.seed)
+        test_loaders = loaders if test_cell.protocol == COMPLETE else _wrap_missing(loaders, test_cell, args, False)
+        metrics = trainer.do_test(model, test_loaders["test"], mode="TEST")
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+        store.save(test_cell, {**metrics, "train_seconds": record["train_seconds"]}, {"train_cell": asdict(cell)})
+
+
+def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[tuple[Cell, dict]]:
+    """Run every cell not already finished. Cells that differ only in missing rate share one
+    trained model when training sees complete data."""
+    store = ResultStore(settings.res_save_dir)
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        train_key = (cell.model, cell.variant, cell.dataset, cell.data, cell.seed,
+                     (cell.protocol, cell.rate) if settings.train_missing else None)
+        groups.setdefault(train_key, []).append(cell)
+    done = []
+    for group in groups.values():
+        todo = [c for c in group if store.load(c) is None]
+        for c in group:
+            if c not in todo:
+                logger.info("already finished, skipping: %s", c.slug)
+        if todo:
+            first = todo[0]
+            train_cell = first if settings.train_missing else Cell(first.model, first.dataset, first.data,
+                                                                   first.seed, variant=first.variant)
+            logger.info("running %s (%d test setting(s))", train_cell.slug, len(todo))
+            train_and_test(train_cell, settings, todo, store)
+        for c in group:
+            done.append((c, store.load(c)))
+            if progress is not None:
+                progress.update(1)
+    return done
