@@ -222,7 +222,7 @@ def cmd_models(argv) -> int:
 
 
 def cmd_make_synthetic(argv) -> int:
-    from .synthetic import PRESETS, write_synthetic
+    from .synthetic import PRESETS, resolve_sizes, write_synthetic
     p = argparse.ArgumentParser(prog="mmsa make-synthetic",
                                 description="Write an MMSA-format SYNTHETIC dataset pickle (not real data).")
     p.add_argument("--like", required=True, type=str.lower, choices=sorted(PRESETS))
@@ -233,10 +233,8 @@ def cmd_make_synthetic(argv) -> int:
     for split in ("train", "valid", "test"):
         p.add_argument(f"--n-{split}", type=int, help=f"number of {split} samples (overrides --size)")
     args = p.parse_args(argv)
-    size = args.size
-    counts = {f"n_{s}": getattr(args, f"n_{s}") for s in ("train", "valid", "test") if getattr(args, f"n_{s}")}
-    if counts:
-        size = {**dict(zip(("n_train", "n_valid", "n_test"), PRESETS[args.like]["sizes"][args.size])), **counts}
+    counts = {s: getattr(args, f"n_{s}") for s in ("train", "valid", "test") if getattr(args, f"n_{s}") is not None}
+    size = {**resolve_sizes(args.like, args.size), **counts} if counts else args.size
     path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed)
     print(f"wrote SYNTHETIC {args.like.upper()}-format data: {path}")
     return 0

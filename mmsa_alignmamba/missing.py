@@ -128,6 +128,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from .safeio import InputError
+
 __all__ = [
     "MISSING_PROTOCOLS",
     "MODALITIES",
@@ -159,16 +161,16 @@ _MAX_DROPPABLE = 2.0 / 3.0  # with one modality always kept, at most 2 of 3 slot
 # --------------------------------------------------------------------------- helpers
 def _validate_rate(rate: Any) -> float:
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-        raise ValueError(f"missing rate must be a real number in [0, 1), got {rate!r}")
+        raise InputError(f"missing rate must be a real number in [0, 1), got {rate!r}")
     rate = float(rate)
     if not math.isfinite(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"missing rate must be in [0, 1), got {rate!r}")
+        raise InputError(f"missing rate must be in [0, 1), got {rate!r}")
     return rate
 
 
 def _validate_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 
@@ -211,7 +213,7 @@ def _indices(batch: dict) -> np.ndarray:
                        "(MMSA's MMDataset provides it)")
     idx = np.asarray(_as_tensor(batch["index"]).detach().cpu()).astype(np.int64).reshape(-1)
     if (idx < 0).any():
-        raise ValueError("dataset indices must be non-negative")
+        raise InputError("dataset indices must be non-negative")
     return idx
 
 
@@ -437,7 +439,7 @@ def make_protocol(name: str, rate: float, seed: int, use_bert: bool = False) -> 
     """Build a protocol by name (one of ``MISSING_PROTOCOLS``); rate must be in [0, 1)."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in _PROTOCOL_CLASSES:
-        raise ValueError(f"unknown missing-modality protocol {name!r}; valid: {', '.join(MISSING_PROTOCOLS)}")
+        raise InputError(f"unknown missing-modality protocol {name!r}; valid: {', '.join(MISSING_PROTOCOLS)}")
     return _PROTOCOL_CLASSES[key](rate, seed, use_bert)
 
 
