@@ -10,6 +10,7 @@ one line `mmsa: error: …` and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -45,6 +46,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="generate, cache and use an MMSA-format SYNTHETIC copy of the dataset (no real data needed)")
     g.add_argument("--synthetic-size", default="small", choices=SYNTHETIC_SIZES,
                    help="small (default, a few minutes on 2 CPU cores) or full (the real dataset's sizes)")
+    g.add_argument("--fix-nonfinite", action="store_true",
+                   help="set NaN/inf feature values to 0 (in a cleaned copy) instead of refusing the data")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -106,27 +109,48 @@ def add_log_file(log_dir: Path, name: str) -> Path:
     return path
 
 
-def resolve_data(args) -> tuple[str | None, str]:
+def resolve_data(args, aligned: bool) -> tuple[str, str]:
     """-> (path of the dataset pickle to use, data tag 'real' or 'synthetic-<size>')."""
     if args.synthetic:
         from .synthetic import ensure_synthetic
         cache = Path(args.data_dir) if args.data_dir else host.DEFAULT_OUTPUT_ROOT
-        path = ensure_synthetic(cache, args.dataset, aligned=args.aligned, size=args.synthetic_size, seed=0)
+        path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0)
         logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
         return str(path), f"synthetic-{args.synthetic_size}"
     if args.feature_path:
         path = Path(args.feature_path)
     else:
-        relative = host.dataset_relative_path(args.dataset, args.aligned)
+        relative = host.dataset_relative_path(args.dataset, aligned)
         root = Path(args.data_dir) if args.data_dir else host.mmsa_dataset_root()
         path = root / relative
     if not path.is_file():
         raise InputError(
             f"dataset file not found: {path}. Download MMSA's processed {args.dataset.upper()} features "
             f"(see https://github.com/thuiar/MMSA, 'Datasets') and pass --data-dir ROOT (or set MMSA_DATA_DIR) so that "
-            f"ROOT/{host.dataset_relative_path(args.dataset, args.aligned)} exists, or pass --feature-path FILE, "
+            f"ROOT/{host.dataset_relative_path(args.dataset, aligned)} exists, or pass --feature-path FILE, "
             "or add --synthetic to run on generated MMSA-format data")
     return str(path), "real"
+
+
+def prepare_data(args, model: str) -> tuple[str, str, bool]:
+    """Find and validate the data before anything is written: -> (pickle path, data tag, aligned)."""
+    from .validate import validate_dataset, validate_modality_file
+    config = host.load_config(model, args.dataset, args.config or None)
+    aligned = args.aligned or (bool(config.get("need_data_aligned")) and args.dataset != "sims")
+    if args.aligned and args.dataset == "sims":
+        raise InputError("MMSA has no word-aligned features for SIMS; drop --aligned")
+    feature_path, data = resolve_data(args, aligned)
+    # MOSI and MOSEI both ship Processed/unaligned_50.pkl: the cleaned copy's name carries the source path
+    source = hashlib.sha1(str(Path(feature_path).resolve()).encode()).hexdigest()[:8]
+    cleaned = host.DEFAULT_OUTPUT_ROOT / "cleaned" / f"{Path(feature_path).stem}-{source}-finite.pkl"
+    report = validate_dataset(feature_path, args.dataset, use_bert=bool(config.get("use_bert")), aligned=aligned,
+                              fix_nonfinite=args.fix_nonfinite, fixed_copy=cleaned)
+    for flag, key, path in (("-Ft", "text", args.feature_T), ("-Fa", "audio", args.feature_A),
+                            ("-Fv", "vision", args.feature_V)):
+        if path:
+            validate_modality_file(path, flag, key, report.samples, use_bert=bool(config.get("use_bert")),
+                                   aligned=aligned)
+    return str(report.path), data, aligned
 
 
 def resolve_device(args) -> str:
@@ -140,7 +164,26 @@ def resolve_device(args) -> str:
     return device
 
 
-def settings_from(args, feature_path: str | None):
+def check_options(args) -> None:
+    """Option checks that need no data, done before anything is read or written: bad values, and
+    output directories that could not be created (a file in the way) or written."""
+    for flag, value in (("--epochs", args.epochs), ("--early-stop", args.early_stop), ("-n", args.num_workers)):
+        if value is not None and value < (0 if flag == "-n" else 1):
+            raise InputError(f"{flag} must be {'>= 0' if flag == '-n' else '>= 1'}, got {value}")
+    if args.missing_protocol is None and args.missing_rates:
+        raise InputError("--missing-rates needs --missing-protocol")
+    resolve_device(args)
+    for name, d in host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
+        existing = d
+        while not existing.exists() and existing != existing.parent:  # nearest existing ancestor
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"cannot create the output directory {d} ({name}): {existing} is not a directory")
+        if not os.access(existing, os.W_OK):
+            raise InputError(f"output directory {d} ({name}) is not writable")
+
+
+def settings_from(args, feature_path: str, aligned: bool):
     from .runner import RunSettings
     dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
     for name, d in dirs.items():
@@ -150,12 +193,9 @@ def settings_from(args, feature_path: str | None):
             raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
         if not os.access(d, os.W_OK):
             raise InputError(f"output directory {d} ({name}) is not writable")
-    for flag, value in (("--epochs", args.epochs), ("--early-stop", args.early_stop), ("-n", args.num_workers)):
-        if value is not None and value < (0 if flag == "-n" else 1):
-            raise InputError(f"{flag} must be {'>= 0' if flag == '-n' else '>= 1'}, got {value}")
     return RunSettings(
         config_file=args.config or None, feature_path=feature_path, feature_T=args.feature_T,
-        feature_A=args.feature_A, feature_V=args.feature_V, aligned=args.aligned, device=resolve_device(args),
+        feature_A=args.feature_A, feature_V=args.feature_V, aligned=aligned, device=resolve_device(args),
         num_workers=args.num_workers, epochs=args.epochs, early_stop=args.early_stop, pretrained=args.pretrained,
         train_missing=args.train_missing, **dirs)
 
@@ -191,8 +231,9 @@ def cmd_run(argv) -> int:
     args = run_parser().parse_args(argv)
     model = host.check_model_name(args.model)
     setup_logging(args.verbose)
-    feature_path, data = resolve_data(args)
-    settings = settings_from(args, feature_path)
+    check_options(args)
+    feature_path, data, aligned = prepare_data(args, model)
+    settings = settings_from(args, feature_path, aligned)
     add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     if args.tune:
         return cmd_tune(args, model, settings)
@@ -249,8 +290,9 @@ def cmd_ablate(argv) -> int:
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    feature_path, data = resolve_data(args)
-    settings = settings_from(args, feature_path)
+    check_options(args)
+    feature_path, data, aligned = prepare_data(args, "alignmamba")
+    settings = settings_from(args, feature_path, aligned)
     add_log_file(settings.log_dir, f"ablate-{args.dataset}")
     cells = build_cells("alignmamba", args.dataset, data, args.seeds, args.missing_protocol, args.missing_rates,
                         variants=[v if v != "alignmamba" else "" for v in args.variants])

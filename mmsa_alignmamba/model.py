@@ -190,15 +190,17 @@ class AlignMamba(nn.Module):
     def _align(self, source, source_mask, anchor, anchor_mask, anchor_present):
         """Align one source onto the anchor grid: (B, T_m, d) -> (B, T_l, d)."""
         cfg = self.cfg
-        fallback = uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale)
-        if cfg.local_alignment == "none":
-            return fallback
+        if cfg.local_alignment == "none" or not anchor_present.any():
+            return uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale).aligned
         if cfg.local_alignment == "ot":
             aligned = relaxed_ot_align(source, anchor, source_mask, anchor_mask,
                                        block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
         else:
             aligned = soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=cfg.ot_temperature,
                                     block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
+        if anchor_present.all():
+            return aligned
+        fallback = uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale).aligned
         return torch.where(anchor_present[:, None, None], aligned, fallback)
 
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,

@@ -122,3 +122,47 @@ def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
         text += markdown_table(robust, avg_cols)
     paths["md"] = atomic_write_text(res_dir / f"{name}.md", text)
     return paths
+
+
+def plot_robustness(summary: pd.DataFrame, out_dir, metric: str = "Has0_acc_2") -> list[Path]:
+    """One PNG per (dataset, data, protocol): `metric` vs missing rate, a line per model, ±std band.
+    Complete-data results are drawn at rate 0 on every curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if summary.empty or metric not in summary.columns:
+        return paths
+    complete = summary[summary["Protocol"] == COMPLETE]
+    for (dataset, data, protocol), group in summary[summary["Protocol"] != COMPLETE].groupby(
+            ["Dataset", "Data", "Protocol"], sort=True):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for model, rows in group.groupby("Model", sort=True):
+            base = complete[(complete["Model"] == model) & (complete["Dataset"] == dataset) & (complete["Data"] == data)]
+            rows = pd.concat([base, rows]).sort_values("MissingRate")
+            x, y, s = rows["MissingRate"], rows[metric], rows[f"{metric}_std"].fillna(0)
+            line, = ax.plot(x, y, marker="o", label=model)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
+        source = "SYNTHETIC data (not real)" if data != "real" else "real data"
+        ax.set_title(f"{dataset.upper()} — {protocol} protocol — {source}")
+        ax.set_xlabel("missing rate")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="model (mean ± std over seeds)")
+        fig.tight_layout()
+        path = Path(out_dir) / f"robustness-{dataset}-{data}-{protocol}-{metric}.png"
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(res_dir) -> dict[str, Path]:
+    """`mmsa report`: the leaderboard and robustness tables of every run under res_dir, plus plots."""
+    paths = write_summary(res_dir, name="leaderboard")
+    summary = summary_table(ResultStore(res_dir).records())
+    for i, path in enumerate(plot_robustness(summary, Path(res_dir) / "plots")):
+        paths[f"plot{i + 1}"] = path
+    return paths
