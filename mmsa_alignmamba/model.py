@@ -180,7 +180,9 @@ class AlignMamba(nn.Module):
         encoded = {}
         for m in self.cfg.modalities:
             x, mask = raw[m]
-            h = self.encoders[m](x.float())                                     # (B, T_m, d)
+            # Zero the padding first: the encoder's conv would otherwise carry padded frames
+            # into the last valid steps.
+            h = self.encoders[m](x.float().masked_fill(~mask[..., None], 0.0))  # (B, T_m, d)
             is_present = present[:, MODALITIES.index(m)]                        # (B,)
             h = torch.where(is_present[:, None, None], h, self.missing_embedding[m].expand_as(h))
             encoded[m] = (h, mask, is_present)
