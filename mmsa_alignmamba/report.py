@@ -159,10 +159,37 @@ def plot_robustness(summary: pd.DataFrame, out_dir, metric: str = "Has0_acc_2") 
     return paths
 
 
+def side_by_side(summary: pd.DataFrame, acc: str = "Non0_acc_2", f1: str = "Non0_F1_score") -> str:
+    """Markdown: per (dataset, data, protocol), a row per model and a column per missing rate
+    (complete data first), each cell 'Acc-2 / F1' — the shape of the paper's Table 1."""
+    if summary.empty or acc not in summary.columns:
+        return ""
+    text = f"## Side by side: {acc} / {f1} (%) per missing rate\n\n"
+    complete = summary[summary["Protocol"] == COMPLETE]
+    protocols = sorted(set(summary["Protocol"]) - {COMPLETE}) or [COMPLETE]
+    for (dataset, data), rows in summary.groupby(["Dataset", "Data"], sort=True):
+        for protocol in protocols:
+            block = pd.concat([complete[(complete["Dataset"] == dataset) & (complete["Data"] == data)],
+                               rows[rows["Protocol"] == protocol] if protocol != COMPLETE else rows.iloc[:0]])
+            rates = sorted(set(block["MissingRate"]))
+            header = ["Model"] + ["complete" if r == 0 else f"MR {r:g}" for r in rates]
+            source = "SYNTHETIC data" if data != "real" else "real data"
+            text += f"### {dataset.upper()} · {protocol} · {source} ({data})\n\n"
+            text += "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+            for model, model_rows in block.groupby("Model", sort=True):
+                by_rate = model_rows.set_index("MissingRate")
+                cells = [f"{by_rate.loc[r, acc]:.1f} / {by_rate.loc[r, f1]:.1f}" if r in by_rate.index else "—"
+                         for r in rates]
+                text += "| " + " | ".join([model] + cells) + " |\n"
+            text += "\n"
+    return text
+
+
 def write_report(res_dir) -> dict[str, Path]:
     """`mmsa report`: the leaderboard and robustness tables of every run under res_dir, plus plots."""
     paths = write_summary(res_dir, name="leaderboard")
     summary = summary_table(ResultStore(res_dir).records())
+    atomic_write_text(paths["md"], paths["md"].read_text() + "\n" + side_by_side(summary))
     for i, path in enumerate(plot_robustness(summary, Path(res_dir) / "plots")):
         paths[f"plot{i + 1}"] = path
     return paths
