@@ -25,6 +25,13 @@ SUBCOMMANDS = ("models", "make-synthetic", "ablate", "report", "bench")
 SYNTHETIC_SIZES = ("small", "full")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad option prints the one-line `mmsa: error: ...` (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"mmsa: error: {message} (see `{self.prog} -h`)\n")
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -72,7 +79,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="mmsa", description="Train and test MMSA models (built-in and plugins) on CMU-MOSI/MOSEI/SIMS. "
         f"Other commands: {', '.join(SUBCOMMANDS)} (mmsa <command> -h).")
     p.add_argument("-m", "--model", type=str.lower, default="alignmamba", help="model name (see `mmsa models`)")
@@ -129,6 +136,11 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
             f"(see https://github.com/thuiar/MMSA, 'Datasets') and pass --data-dir ROOT (or set MMSA_DATA_DIR) so that "
             f"ROOT/{host.dataset_relative_path(args.dataset, aligned)} exists, or pass --feature-path FILE, "
             "or add --synthetic to run on generated MMSA-format data")
+    from .synthetic import read_metadata
+    meta = read_metadata(path) or {}
+    if meta.get("synthetic"):  # a generated file passed by path is still synthetic data
+        logger.info("%s is SYNTHETIC data (not real data), per its sidecar %s.json", path, path.name)
+        return str(path), f"synthetic-{meta.get('size', 'custom')}"
     return str(path), "real"
 
 
@@ -256,7 +268,7 @@ def cmd_tune(args, model: str, settings) -> int:
 
 
 def cmd_models(argv) -> int:
-    argparse.ArgumentParser(prog="mmsa models", description="List every registered model.").parse_args(argv)
+    ArgumentParser(prog="mmsa models", description="List every registered model.").parse_args(argv)
     for name, source in host.registered_models().items():
         print(f"{name:12s} {source}")
     return 0
@@ -264,7 +276,7 @@ def cmd_models(argv) -> int:
 
 def cmd_make_synthetic(argv) -> int:
     from .synthetic import PRESETS, resolve_sizes, write_synthetic
-    p = argparse.ArgumentParser(prog="mmsa make-synthetic",
+    p = ArgumentParser(prog="mmsa make-synthetic",
                                 description="Write an MMSA-format SYNTHETIC dataset pickle (not real data).")
     p.add_argument("--like", required=True, type=str.lower, choices=sorted(PRESETS))
     p.add_argument("--aligned", action="store_true")
@@ -283,7 +295,7 @@ def cmd_make_synthetic(argv) -> int:
 
 def cmd_ablate(argv) -> int:
     from .model import ABLATIONS
-    p = argparse.ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
+    p = ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
                                 "(paper Table 3), same seeds, one table.")
     _add_data_options(p)
     _add_run_options(p)
@@ -302,7 +314,7 @@ def cmd_ablate(argv) -> int:
 
 def cmd_report(argv) -> int:
     from .report import write_report
-    p = argparse.ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots "
+    p = ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots "
                                 "of every run in a results directory.")
     p.add_argument("--results-dir", default="", help='default "~/MMSA/results"')
     args = p.parse_args(argv)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from .safeio import InputError, atomic_write, safe_pickle_load, safe_pickle_loads
+from .safeio import DataFileError, InputError, atomic_write, safe_pickle_load, safe_pickle_loads
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -471,7 +471,13 @@ def save_checkpoint(model: torch.nn.Module, path) -> None:
 
 
 def load_checkpoint(model: torch.nn.Module, path) -> None:
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    """Weights only: a checkpoint that asks to unpickle anything else is refused, not run."""
+    import pickle
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise DataFileError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    model.load_state_dict(state)
 
 
 def load_data_file(path):

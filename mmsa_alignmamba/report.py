@@ -18,7 +18,7 @@ from .safeio import atomic_write, atomic_write_text
 logger = logging.getLogger("mmsa_alignmamba")
 
 KEYS = ["Model", "Dataset", "Data", "Protocol", "MissingRate"]
-RAW_METRICS = {"MAE", "Corr", "Loss", "train_seconds"}
+RAW_METRICS = {"MAE", "Corr", "Loss"}
 HEADLINE = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_2", "F1_score", "MAE", "Corr"]
 
 

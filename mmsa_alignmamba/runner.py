@@ -9,6 +9,7 @@ that checkpoint at every missing rate (the model is the same for every rate).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -53,27 +54,40 @@ class Cell:
 
 
 class ResultStore:
-    """Finished cells as JSON files under `<res_dir>/cells/`."""
+    """Finished cells as JSON files under `<res_dir>/cells/`.
 
-    def __init__(self, res_dir):
+    A record remembers the fingerprint of the settings it ran with; asked with other settings
+    (another config, --epochs, data file …) it counts as not finished, so it is run again rather
+    than silently reused."""
+
+    def __init__(self, res_dir, fingerprint: str | None = None):
         self.res_dir = Path(res_dir)
+        self.fingerprint = fingerprint
 
-    def load(self, cell: Cell) -> dict | None:
-        path = cell.path(self.res_dir)
+    def _read(self, path: Path, what: str) -> dict | None:
         if not path.is_file():
             return None
-        return json.loads(path.read_text())["metrics"]
+        record = json.loads(path.read_text())
+        if self.fingerprint is not None and record.get("settings") != self.fingerprint:
+            logger.warning("%s %s was made with other settings; running it again", what, path.name)
+            return None
+        return record
+
+    def load(self, cell: Cell) -> dict | None:
+        record = self._read(cell.path(self.res_dir), "result")
+        return None if record is None else record["metrics"]
 
     def save(self, cell: Cell, metrics: dict, extra: dict) -> None:
-        record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real", **extra}
+        record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real",
+                  "settings": self.fingerprint, **extra}
         atomic_write_text(cell.path(self.res_dir), json.dumps(record, indent=1, sort_keys=True))
 
     def training_record(self, cell: Cell) -> dict | None:
-        path = cell.path(self.res_dir).with_suffix(".trained")
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self._read(cell.path(self.res_dir).with_suffix(".trained"), "training")
 
     def save_training_record(self, cell: Cell, record: dict) -> None:
-        atomic_write_text(cell.path(self.res_dir).with_suffix(".trained"), json.dumps(record))
+        atomic_write_text(cell.path(self.res_dir).with_suffix(".trained"),
+                          json.dumps({**record, "settings": self.fingerprint}))
 
     def records(self) -> list[dict]:
         root = self.res_dir / "cells"
@@ -121,6 +135,15 @@ class RunSettings:
     model_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "saved_models"
     res_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "results"
     log_dir: Path = host.DEFAULT_OUTPUT_ROOT / "logs"
+
+
+    def fingerprint(self) -> str:
+        """What makes two runs of the same cell comparable: config contents, data, training budget."""
+        config_text = Path(self.config_file).read_text() if self.config_file else ""
+        relevant = {k: str(v) for k, v in asdict(self).items()
+                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file")}
+        relevant["config"] = config_text
+        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_args(cell: Cell, settings: RunSettings):
@@ -191,13 +214,13 @@ def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], st
         test_loaders = loaders if test_cell.protocol == COMPLETE else _wrap_missing(loaders, test_cell, args, False)
         metrics = trainer.do_test(model, test_loaders["test"], mode="TEST")
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
-        store.save(test_cell, {**metrics, "train_seconds": record["train_seconds"]}, {"train_cell": asdict(cell)})
+        store.save(test_cell, metrics, {"train_cell": asdict(cell), "train_seconds": record["train_seconds"]})
 
 
 def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[tuple[Cell, dict]]:
     """Run every cell not already finished. Cells that differ only in missing rate share one
     trained model when training sees complete data."""
-    store = ResultStore(settings.res_save_dir)
+    store = ResultStore(settings.res_save_dir, settings.fingerprint())
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         train_key = (cell.model, cell.variant, cell.dataset, cell.data, cell.seed,
