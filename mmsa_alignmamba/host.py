@@ -303,13 +303,19 @@ def fix_empty_paths() -> None:
     import MMSA.run
     original = _ORIGINAL.setdefault("run.MMSA_run", MMSA.run.MMSA_run)
 
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
-    def MMSA_run(model_name, dataset_name, config_file=None, *args, **kwargs):
-        model_name = check_model_name(model_name)
-        dirs = resolve_output_dirs(*(kwargs.get(k) for k in ("model_save_dir", "res_save_dir", "log_dir")))
-        kwargs.update({k: str(v) for k, v in dirs.items()})
-        config_file = _config_file_for(model_name, config_file, "tune" if kwargs.get("is_tune") else "regression")
-        return original(model_name, dataset_name, config_file, *args, **kwargs)
+    def MMSA_run(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)  # positional or keyword, as MMSA allows
+        call.apply_defaults()
+        given = call.arguments
+        given["model_name"] = check_model_name(given["model_name"])
+        dirs = resolve_output_dirs(given["model_save_dir"], given["res_save_dir"], given["log_dir"])
+        given.update({k: str(v) for k, v in dirs.items()})
+        given["config_file"] = _config_file_for(given["model_name"], given["config_file"],
+                                                "tune" if given["is_tune"] else "regression")
+        return original(*call.args, **call.kwargs)
 
     MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
 

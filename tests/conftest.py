@@ -1,0 +1,185 @@
+"""Shared fixtures: tiny SYNTHETIC MOSI-format data, an isolated HOME, clean MMSA loggers.
+
+Nothing a test does may write to the real ~/MMSA: HOME is moved to a temporary folder for
+the whole session (so subprocesses and `Path.home()` move too), and `host.DEFAULT_OUTPUT_ROOT`
+(computed when `host` is imported) is pointed at each test's own temporary HOME.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_SIZES = {"n_train": 24, "n_valid": 8, "n_test": 8}
+# A copy of the tiny set with short sequences, for the models that are slow on long ones on CPU
+# (MulT's cross-modal attention over 500 vision frames takes minutes on 2 cores).
+SHORT_LENS = {"text": 12, "audio": 24, "vision": 24}
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory):
+    """HOME for the whole session (session-scoped fixtures run before the per-test one)."""
+    home = tmp_path_factory.mktemp("session_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.delenv("MMSA_DATA_DIR", raising=False)
+        from mmsa_alignmamba import host
+        mp.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """A fresh HOME per test; `host.DEFAULT_OUTPUT_ROOT` follows it (it is computed at import)."""
+    from mmsa_alignmamba import host
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MMSA_DATA_DIR", raising=False)
+    monkeypatch.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
+    assert Path.home() == home
+    return home
+
+
+def reset_loggers(names=("MMSA", "mmsa_alignmamba")) -> None:
+    for name in names:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_loggers():
+    """MMSA's and our loggers keep handlers (and open log files) between calls: restore them."""
+    loggers = [logging.getLogger(n) for n in ("MMSA", "mmsa_alignmamba")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        for h in list(lg.handlers):
+            if h not in handlers:
+                lg.removeHandler(h)
+                h.close()
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+# ------------------------------------------------------------------------------ data
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_pkl(data_dir) -> Path:
+    """SYNTHETIC MOSI-format pickle (24/8/8 samples, the real MOSI shapes 50x768, 375x5, 500x20),
+    with write_synthetic's sidecar `<path>.json` that marks it synthetic."""
+    from mmsa_alignmamba.synthetic import write_synthetic
+    return Path(write_synthetic(data_dir / "tiny_mosi.pkl", like="mosi", size=TINY_SIZES, seed=0))
+
+
+@pytest.fixture(scope="session")
+def plain_pkl(tiny_pkl, data_dir) -> Path:
+    """The tiny pickle's bytes without the synthetic sidecar JSON: the CLI must call it real data."""
+    path = data_dir / "plain" / "unaligned_50.pkl"
+    path.parent.mkdir()
+    shutil.copyfile(tiny_pkl, path)
+    return path
+
+
+def load_pickle(path):
+    from mmsa_alignmamba.safeio import safe_pickle_load
+    return safe_pickle_load(path)
+
+
+@pytest.fixture(scope="session")
+def short_pkl(tiny_pkl, data_dir) -> Path:
+    """The tiny set cut to short sequences (still valid MMSA format: lengths clipped; no sidecar)."""
+    data = load_pickle(tiny_pkl)
+    T, A, V = SHORT_LENS["text"], SHORT_LENS["audio"], SHORT_LENS["vision"]
+    for part in data.values():
+        part["text"] = np.ascontiguousarray(part["text"][:, :T])
+        part["text_bert"] = np.ascontiguousarray(part["text_bert"][:, :, :T])
+        part["audio"] = np.ascontiguousarray(part["audio"][:, :A])
+        part["vision"] = np.ascontiguousarray(part["vision"][:, :V])
+        part["audio_lengths"] = np.minimum(part["audio_lengths"], A)
+        part["vision_lengths"] = np.minimum(part["vision_lengths"], V)
+    path = data_dir / "short_mosi.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    return path
+
+
+def single_sample(pkl: Path, out: Path) -> Path:
+    """MMSA_test's feature file: one sample, {'text': (T, 768), 'audio': (T, 5), 'vision': (T, 20)}."""
+    test = load_pickle(pkl)["test"]
+    with open(out, "wb") as f:
+        pickle.dump({k: np.asarray(test[k][0], dtype=np.float32) for k in ("text", "audio", "vision")}, f)
+    return out
+
+
+@pytest.fixture(scope="session")
+def single_sample_pkl(tiny_pkl, data_dir) -> Path:
+    return single_sample(tiny_pkl, data_dir / "single_sample.pkl")
+
+
+@pytest.fixture(scope="session")
+def short_single_sample_pkl(short_pkl, data_dir) -> Path:
+    return single_sample(short_pkl, data_dir / "short_single_sample.pkl")
+
+
+class _Evil:
+    """Unpickling this runs os.makedirs(marker): a stand-in for any code a pickle can carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def write_evil_pickle(path: Path, marker: Path, single_sample: bool = False) -> Path:
+    payload = _Evil(marker)
+    if single_sample:
+        data = {"text": payload, "audio": payload, "vision": payload}
+    else:
+        data = {split: {"text": payload, "audio": payload, "vision": payload} for split in ("train", "valid", "test")}
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    assert not marker.exists()
+    return path
+
+
+@pytest.fixture
+def evil_pickle(tmp_path):
+    """-> (pickle path, marker path that must never appear)."""
+    marker = tmp_path / "PWNED_MARKER"
+    return write_evil_pickle(tmp_path / "evil.pkl", marker), marker
+
+
+@pytest.fixture
+def evil_single_sample(tmp_path):
+    marker = tmp_path / "PWNED_MARKER_SINGLE"
+    return write_evil_pickle(tmp_path / "evil_single.pkl", marker, single_sample=True), marker
+
+
+# ------------------------------------------------------------------------------ the console script
+def mmsa_script() -> str:
+    candidate = Path(sys.executable).with_name("mmsa")
+    found = str(candidate) if candidate.is_file() else shutil.which("mmsa")
+    assert found, "the `mmsa` console script is not installed (pip install -e .)"
+    return found
+
+
+def run_mmsa(args, home: Path, cwd: Path | None = None, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run the installed `mmsa` console script in a fresh process with HOME=home."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **(extra_env or {}))
+    return subprocess.run([mmsa_script(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
