@@ -274,8 +274,14 @@ def mmd2(
     w_y = y_mask.to(dtype) / n_y.clamp_min(1).to(dtype)[:, None]  # (B, T_y)
 
     def mean_kernel(sq_dist: Tensor, w_left: Tensor, w_right: Tensor) -> Tensor:
-        k = torch.exp(-sq_dist[:, None] * inv_two_var).mean(1)  # (B, T, T'), mean over σ
-        return torch.einsum("bi,bij,bj->b", w_left, k, w_right)  # (B,)
+        # One (B, T, T') kernel matrix per σ in turn, averaged: peak memory stays one matrix
+        # whatever the number of bandwidths.
+        n_sigmas = inv_two_var.shape[1]
+        total = sq_dist.new_zeros(sq_dist.shape[0])
+        for s in range(n_sigmas):
+            k = torch.exp(-sq_dist * inv_two_var[:, s])  # (B, T, T')
+            total = total + torch.einsum("bi,bij,bj->b", w_left, k, w_right)
+        return total / n_sigmas  # (B,)
 
     # Autocast off: the ||x||² + ||y||² − 2xy expansion cancels badly in half precision.
     with torch.autocast(x.device.type, enabled=False):

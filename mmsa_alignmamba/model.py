@@ -232,7 +232,8 @@ class AlignMamba(nn.Module):
             for m in cfg.modalities:
                 if m != anchor_name:
                     aligned[m] = self._align(enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present)
-            if cfg.global_alignment and anchor_name == "text":
+            # L_align only matters for training: inference skips its O(T_l²) kernel matrices.
+            if cfg.global_alignment and anchor_name == "text" and self.training and torch.is_grad_enabled():
                 # MMD² between each aligned source and language, for samples where both exist.
                 for m in cfg.modalities:
                     if m == "text":
