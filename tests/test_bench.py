@@ -1,0 +1,108 @@
+"""Tests for `mmsa bench` (mmsa_alignmamba.bench): outputs, failure statuses, the Transformer baseline.
+
+No speed assertions: these only check that the benchmark runs and reports what it measured.
+Each point runs in a process forked from one forkserver per test session (a few seconds to start).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mmsa_alignmamba import bench
+from mmsa_alignmamba.cli import main as mmsa_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-quick")
+    code = mmsa_main(["bench", "--quick", "--threads", "1", "--out", str(out)])
+    return code, out
+
+
+def test_quick_run_writes_every_output(quick_run):
+    code, out = quick_run
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    machine = report["machine"]
+    for key in ("cpu_model", "threads", "torch", "device", "mamba_backend", "timestamp"):
+        assert machine[key] not in (None, "")
+    assert machine["device"] == "cpu" and "CPU" in machine["device_label"]
+    assert "RANDOM" in report["inputs"]
+    points = {(p["model"], p["length"]): p for p in report["points"]}
+    assert set(points) == {(m, L) for m in bench.MODELS for L in bench.QUICK_LENGTHS}
+    for p in points.values():
+        assert p["status"] == "ok", p
+        assert p["batch"] == 2 and p["repeats"] == 1
+        assert p["time_s"] > 0 and p["cpu_time_s"] > 0 and p["memory_mb"] > 0
+        assert p["memory_kind"] == "rss_hwm_delta"
+    ratios = {r["length"]: r for r in report["summary"]["ratios"]}
+    assert set(ratios) == set(bench.QUICK_LENGTHS)
+    assert all(r["time_vs_mult"] > 0 and r["time_vs_transformer"] > 0 for r in ratios.values())
+    md = (out / "bench.md").read_text()
+    assert "CPU" in md and "RANDOM" in md and "wall / MulT" in md and "CPU / MulT" in md and "per doubling" in md
+    for name in ("bench-time.png", "bench-memory.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+@pytest.mark.parametrize("flag, value, status", [("--time-limit", "0.001", "timeout"),
+                                                 ("--memory-limit-gb", "0.001", "oom")])
+def test_limits_record_a_status_instead_of_crashing(tmp_path, flag, value, status):
+    code = mmsa_main(["bench", "--quick", "--models", "mult", "--threads", "1", flag, value,
+                      "--out", str(tmp_path)])
+    assert code == 0
+    points = json.loads((tmp_path / "bench.json").read_text())["points"]
+    assert [(p["length"], p["status"]) for p in points] == [(16, status), (32, "skipped")]
+    assert "did not complete" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench-time.png").is_file()
+
+
+def test_transformer_baseline_is_alignmamba_with_transformer_fusion():
+    torch.manual_seed(0)
+    args = bench.build_args("transformer", "cpu")
+    model = bench.build_bench_model("transformer", args).eval()
+    core = model.Model
+    stack = core.fusion[0]
+    assert isinstance(stack, torch.nn.TransformerEncoder)
+    assert len(stack.layers) == core.cfg.n_layers
+    layer = stack.layers[0]
+    assert layer.self_attn.embed_dim == core.cfg.d_model and layer.self_attn.num_heads == 4
+    assert layer.linear1.out_features == 4 * core.cfg.d_model
+    assert not any("mixer" in name for name, _ in model.named_modules())  # no Mamba left
+    reference = bench.build_bench_model("alignmamba", bench.build_args("alignmamba", "cpu"))
+    # same encoders and head as AlignMamba
+    assert set(dict(core.named_children())) == set(dict(reference.Model.named_children()))
+    inputs, extras = bench.random_inputs("transformer", 8, 2, "cpu")
+    with torch.no_grad():
+        out = model(*inputs, **extras)
+    assert out["M"].shape == (2, 1) and torch.isfinite(out["M"]).all()
+
+
+def test_summary_growth_and_ratios():
+    points = [{"model": m, "length": L, "status": "ok", "time_s": t * (L / 100) ** k, "memory_mb": mem * L}
+              for m, t, k, mem in (("alignmamba", 1.0, 1, 1.0), ("mult", 2.0, 2, 4.0), ("transformer", 1.0, 2, 2.0))
+              for L in (100, 200, 400, 800)]
+    points.append({"model": "mult", "length": 1600, "status": "oom"})
+    s = bench.summarize(points, [100, 200, 400, 800, 1600], list(bench.MODELS))
+    assert [g["factor"] for g in s["growth"]["alignmamba"]] == pytest.approx([2.0, 2.0, 2.0])
+    assert s["growth_from_400"]["mult"] == pytest.approx(4.0)
+    common = s["longest_common_with_mult"]
+    assert common["length"] == 800
+    assert common["time_vs_mult"] == pytest.approx(8.0 / (2.0 * 64))
+    assert common["memory_vs_mult"] == pytest.approx(0.25)
+    # lengths that are not doublings are converted to a per-doubling factor
+    g = bench.growth_per_doubling([{"model": "x", "length": 100, "status": "ok", "time_s": 1.0},
+                                   {"model": "x", "length": 400, "status": "ok", "time_s": 9.0}], "x", [100, 400])
+    assert g[0]["factor"] == pytest.approx(3.0)
+    assert math.isfinite(g[0]["factor"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_cuda_is_an_input_error(tmp_path, capsys):
+    assert mmsa_main(["bench", "--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
