@@ -127,6 +127,14 @@ def _chunked_inputs(u, delta, B, C, delta_bias, delta_softplus, t, c, dtype):
     return (delta, dt, uc, dt * uc, _to_chunks(B, t, c, dtype), _to_chunks(C, t, c, dtype))
 
 
+def _tile_terms(dt, dtu, Bc, Af, bs, ds):
+    """One tile's dt (t, b, c, d), decay a = exp(dt A) and input term dt u B (t, b, c, d, n)."""
+    dts = dt[:, bs, :, ds]
+    a = torch.mul(dts.unsqueeze(-1), Af[ds]).exp_()
+    bu = dtu[:, bs, :, ds].unsqueeze(-1) * Bc[:, bs].unsqueeze(3)
+    return dts, a, bu
+
+
 def _scan_(x, a, start=None):
     """In place, x[i] += a[i] * x[i - 1] along dim 0 (x[0] += a[0] * start)."""
     if start is not None:
@@ -155,17 +163,22 @@ class _SelectiveScanFn(torch.autograd.Function):
                                                 t, c, dtype)
         Af = A.to(dtype)
         y = torch.empty_like(dt)  # (t, b, c, d)
+        tiles = _tiles(batch, dim, t, c, n)
+        # Phase 2 runs once over the whole batch rather than once per tile: with many tiles
+        # (long L) c tiny steps per tile would make the op count grow as L².
+        decay = torch.mul(dt.sum(0).unsqueeze(-1), Af).exp_()  # (b, c, d, n): each chunk's total decay
+        ends = dt.new_empty(batch, c, dim, n)  # each chunk's end state from a zero start
+        kept = None  # a single tile keeps its terms for phase 3 instead of recomputing them
+        for bs, ds in tiles:  # phase 1
+            terms = _tile_terms(dt, dtu, Bc, Af, bs, ds)
+            ends[bs, :, ds] = _scan_(terms[2].clone(), terms[1])[-1]
+            kept = terms if len(tiles) == 1 else None
         starts = dt.new_zeros(batch, c, dim, n)  # true state before each chunk
-        for bs, ds in _tiles(batch, dim, t, c, n):
-            dts, Ad, start = dt[:, bs, :, ds], Af[ds], starts[bs, :, ds]
-            a = torch.mul(dts.unsqueeze(-1), Ad).exp_()  # (t, b, c, d, n)
-            bu = dtu[:, bs, :, ds].unsqueeze(-1) * Bc[:, bs].unsqueeze(3)  # input term
-            h = _scan_(bu.clone(), a)  # phase 1
-            decay = torch.mul(dts.sum(0).unsqueeze(-1), Ad).exp_()  # (b, c, d, n)
-            for k in range(1, c):  # phase 2
-                torch.addcmul(h[-1][:, k - 1], decay[:, k - 1], start[:, k - 1],
-                              out=start[:, k])
-            h = _scan_(h.copy_(bu), a, start)  # phase 3
+        for k in range(1, c):  # phase 2
+            torch.addcmul(ends[:, k - 1], decay[:, k - 1], starts[:, k - 1], out=starts[:, k])
+        for bs, ds in tiles:  # phase 3
+            dts, a, bu = kept or _tile_terms(dt, dtu, Bc, Af, bs, ds)
+            h = _scan_(bu, a, starts[bs, :, ds])
             # y = sum_n h C: (tbc, d, n) @ (tbc, n, 1)
             y[:, bs, :, ds] = torch.bmm(h.view(-1, a.shape[3], n),
                                         Cc[:, bs].reshape(-1, n, 1)).view_as(dts)
