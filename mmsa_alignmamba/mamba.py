@@ -65,11 +65,15 @@ def mamba_ssm_available():
 #   3. a rescan:     phase 1 again, seeded with the true start states.
 # Phase 3 costs one multiply-add pass where the closed-form fix-up h += exp(A cumsum dt) start
 # would cost an extra exp pass, and nothing is divided in log space, so large dt * A cannot
-# overflow.  Work runs tile by tile over (batch, d) so that a tile's few (t, b, c, d, n)
-# buffers stay in cache.
+# overflow.  Work runs tile by tile over (batch, chunks), chunks in time order, so that a
+# tile's few (t, b, c, d, n) buffers stay in cache, are read as contiguous runs of whole
+# chunks, and are built once: phases 1-3 all run inside a tile, its carry starting from the
+# state the previous tile handed on.  (Tiling over d instead reads every row in strided pieces,
+# and longer L means narrower pieces: time grew ~2.7x per doubling of L instead of ~2x.)
 # Autograd sees one Function that saves its inputs plus the chunk start states (b, c, d, n),
 # 1/t of one state tensor, so backward rebuilds h with a single scan (phase 3) and runs the
-# adjoint recurrence  g_l = C_l * dy_l + exp(dt_{l+1} A) * g_{l+1}  with phases 1-3 reversed.
+# adjoint recurrence  g_l = C_l * dy_l + exp(dt_{l+1} A) * g_{l+1}  with phases 1-3 reversed,
+# tiles in reverse time order.
 # Contractions over d or n are bmm calls, which read each big buffer once.
 # --------------------------------------------------------------------------------------------
 
@@ -106,14 +110,29 @@ def _from_chunks(x, L):
 
 
 def _tiles(batch, dim, t, c, n):
-    """(batch slice, d slice) pairs whose (t, b, c, d, n) buffers hold ~_TILE_ELEMS elements."""
-    per_item = t * c * dim * n
-    if per_item <= _TILE_ELEMS:
-        bt, dd = _TILE_ELEMS // per_item, dim
+    """(batch slice, chunk slice) pairs whose (t, b, c, d, n) buffers hold ~_TILE_ELEMS
+    elements; for each batch slice its chunk slices come in time order."""
+    per_chunk = t * dim * n
+    if per_chunk * c <= _TILE_ELEMS:
+        bt, cc = max(1, _TILE_ELEMS // (per_chunk * c)), c
     else:
-        bt, dd = 1, math.ceil(dim / math.ceil(per_item / _TILE_ELEMS))
-    return [(slice(i, i + bt), slice(j, j + dd))
-            for i in range(0, batch, bt) for j in range(0, dim, dd)]
+        bt, cc = 1, max(1, _TILE_ELEMS // per_chunk)
+    return [(slice(i, i + bt), slice(j, j + cc))
+            for i in range(0, batch, bt) for j in range(0, c, cc)]
+
+
+def _workspace(like, count, tiles, t, dim, n):
+    """`count` reusable tile buffers: a function that views buffer i as the tile's
+    (t, b', c', d, n). Fresh multi-MB tensors per tile would be returned to the OS on free and
+    page-faulted back in by the next tile, which cost as much as the scan itself."""
+    most = max((bs.stop - bs.start) * (cs.stop - cs.start) for bs, cs in tiles) * t * dim * n
+    flat = like.new_empty(count, most)
+
+    def view(i, bs, cs, batch, c):
+        shape = (t, min(bs.stop, batch) - bs.start, min(cs.stop, c) - cs.start, dim, n)
+        return flat[i, :math.prod(shape)].view(shape)
+
+    return view
 
 
 def _chunked_inputs(u, delta, B, C, delta_bias, delta_softplus, t, c, dtype):
@@ -125,14 +144,6 @@ def _chunked_inputs(u, delta, B, C, delta_bias, delta_softplus, t, c, dtype):
     dt = _to_chunks(F.softplus(delta) if delta_softplus else delta, t, c, dtype)
     uc = _to_chunks(u, t, c, dtype)
     return (delta, dt, uc, dt * uc, _to_chunks(B, t, c, dtype), _to_chunks(C, t, c, dtype))
-
-
-def _tile_terms(dt, dtu, Bc, Af, bs, ds):
-    """One tile's dt (t, b, c, d), decay a = exp(dt A) and input term dt u B (t, b, c, d, n)."""
-    dts = dt[:, bs, :, ds]
-    a = torch.mul(dts.unsqueeze(-1), Af[ds]).exp_()
-    bu = dtu[:, bs, :, ds].unsqueeze(-1) * Bc[:, bs].unsqueeze(3)
-    return dts, a, bu
 
 
 def _scan_(x, a, start=None):
@@ -163,25 +174,26 @@ class _SelectiveScanFn(torch.autograd.Function):
                                                 t, c, dtype)
         Af = A.to(dtype)
         y = torch.empty_like(dt)  # (t, b, c, d)
+        starts = dt.new_empty(batch, c, dim, n)  # true state before each chunk
         tiles = _tiles(batch, dim, t, c, n)
-        # Phase 2 runs once over the whole batch rather than once per tile: with many tiles
-        # (long L) c tiny steps per tile would make the op count grow as L².
-        decay = torch.mul(dt.sum(0).unsqueeze(-1), Af).exp_()  # (b, c, d, n): each chunk's total decay
-        ends = dt.new_empty(batch, c, dim, n)  # each chunk's end state from a zero start
-        kept = None  # a single tile keeps its terms for phase 3 instead of recomputing them
-        for bs, ds in tiles:  # phase 1
-            terms = _tile_terms(dt, dtu, Bc, Af, bs, ds)
-            ends[bs, :, ds] = _scan_(terms[2].clone(), terms[1])[-1]
-            kept = terms if len(tiles) == 1 else None
-        starts = dt.new_zeros(batch, c, dim, n)  # true state before each chunk
-        for k in range(1, c):  # phase 2
-            torch.addcmul(ends[:, k - 1], decay[:, k - 1], starts[:, k - 1], out=starts[:, k])
-        for bs, ds in tiles:  # phase 3
-            dts, a, bu = kept or _tile_terms(dt, dtu, Bc, Af, bs, ds)
-            h = _scan_(bu, a, starts[bs, :, ds])
+        buffer = _workspace(dt, 3, tiles, t, dim, n)
+        for bs, cs in tiles:
+            dts, st = dt[:, bs, cs], starts[bs, cs]  # (t, b', c', d), (b', c', d, n)
+            a, bu, local = (buffer(i, bs, cs, batch, c) for i in range(3))  # (t, b', c', d, n)
+            torch.mul(dts.unsqueeze(-1), Af, out=a).exp_()  # decay exp(dt A)
+            torch.mul(dtu[:, bs, cs].unsqueeze(-1), Bc[:, bs, cs].unsqueeze(3), out=bu)  # dt u B
+            ends = _scan_(local.copy_(bu), a)[-1]  # phase 1: each chunk's end state from zero
+            decay = torch.mul(dts.sum(0).unsqueeze(-1), Af).exp_()  # each chunk's total decay
+            if cs.start == 0:
+                st[:, 0].zero_()
+            else:
+                st[:, 0].copy_(handoff)
+            for k in range(1, st.shape[1]):  # phase 2
+                torch.addcmul(ends[:, k - 1], decay[:, k - 1], st[:, k - 1], out=st[:, k])
+            handoff = torch.addcmul(ends[:, -1], decay[:, -1], st[:, -1])  # the next tile's start
+            h = _scan_(bu, a, st)  # phase 3
             # y = sum_n h C: (tbc, d, n) @ (tbc, n, 1)
-            y[:, bs, :, ds] = torch.bmm(h.view(-1, a.shape[3], n),
-                                        Cc[:, bs].reshape(-1, n, 1)).view_as(dts)
+            y[:, bs, cs] = torch.bmm(h.view(-1, dim, n), Cc[:, bs, cs].reshape(-1, n, 1)).view_as(dts)
         y = _from_chunks(y, L)  # (b, d, L)
         if D is not None:
             y.addcmul_(u, D.to(dtype)[:, None])
@@ -214,38 +226,45 @@ class _SelectiveScanFn(torch.autograd.Function):
 
         ddtu = torch.empty_like(dt)  # d out / d (dt u), (t, b, c, d)
         ddt = torch.empty_like(dt)  # d out / d dt through exp(dt A)
-        dBc, dCc = torch.zeros_like(Bc), torch.zeros_like(Cc)  # (t, b, c, n), summed over d
+        dBc, dCc = torch.empty_like(Bc), torch.empty_like(Cc)  # (t, b, c, n), summed over d
         dA = torch.zeros_like(Af)
-        for bs, ds in _tiles(batch, dim, t, c, n):
-            dts, Ad, start = dt[:, bs, :, ds], Af[ds], starts[bs, :, ds]
-            a = torch.mul(dts.unsqueeze(-1), Ad).exp_()  # (t, b, c, d, n)
-            h = _scan_(dtu[:, bs, :, ds].unsqueeze(-1) * Bc[:, bs].unsqueeze(3), a, start)
+        tiles = _tiles(batch, dim, t, c, n)
+        buffer = _workspace(dt, 4, tiles, t, dim, n)
+        for bs, cs in reversed(tiles):  # latest chunks first
+            dts, start = dt[:, bs, cs], starts[bs, cs]
+            a, h, dyC, g = (buffer(i, bs, cs, batch, c) for i in range(4))  # (t, b', c', d, n)
+            torch.mul(dts.unsqueeze(-1), Af, out=a).exp_()
+            torch.mul(dtu[:, bs, cs].unsqueeze(-1), Bc[:, bs, cs].unsqueeze(3), out=h)
+            _scan_(h, a, start)
             # adjoint g = d out / d h
-            dyC = dy[:, bs, :, ds].unsqueeze(-1) * Cc[:, bs].unsqueeze(3)
-            g = _rscan_(dyC.clone(), a)  # phase 1
+            torch.mul(dy[:, bs, cs].unsqueeze(-1), Cc[:, bs, cs].unsqueeze(3), out=dyC)
+            _rscan_(g.copy_(dyC), a)  # phase 1
             # phase 2: carry[:, k] = gradient reaching chunk k's last step from chunk k + 1,
-            # i.e. a[0] g_true[0] of chunk k + 1 = a[0] g_local[0] + (its total decay) carry
-            head = a[0] * g[0]  # (b, c, d, n)
-            decay = torch.mul(dts.sum(0).unsqueeze(-1), Ad).exp_()
-            carry = torch.zeros_like(head)
-            for k in range(c - 1, 0, -1):
+            # i.e. a[0] g_true[0] of chunk k + 1 = a[0] g_local[0] + (its total decay) carry;
+            # the last chunk's comes from the next tile (zero at the sequence end)
+            head = a[0] * g[0]  # (b', c', d, n)
+            decay = torch.mul(dts.sum(0).unsqueeze(-1), Af).exp_()
+            carry = torch.empty_like(head)
+            if cs.stop >= c:
+                carry[:, -1].zero_()
+            else:
+                carry[:, -1].copy_(handoff)
+            for k in range(carry.shape[1] - 1, 0, -1):
                 torch.addcmul(head[:, k], decay[:, k], carry[:, k], out=carry[:, k - 1])
-            g = _rscan_(g.copy_(dyC), a, carry)  # phase 3
-            del dyC, head, carry
+            handoff = torch.addcmul(head[:, 0], decay[:, 0], carry[:, 0])  # the previous tile's
+            _rscan_(g.copy_(dyC), a, carry)  # phase 3
 
-            dd = a.shape[3]
-            gm, hm = g.view(-1, dd, n), h.view(-1, dd, n)  # (tbc, d, n)
-            ddtu[:, bs, :, ds] = torch.bmm(gm, Bc[:, bs].reshape(-1, n, 1)).view_as(dts)
-            dBc[:, bs] += torch.bmm(dtu[:, bs, :, ds].reshape(-1, 1, dd), gm).view(t, -1, c, n)
-            dCc[:, bs] += torch.bmm(dy[:, bs, :, ds].reshape(-1, 1, dd), hm).view(t, -1, c, n)
+            gm, hm = g.view(-1, dim, n), h.view(-1, dim, n)  # (tbc, d, n)
+            ddtu[:, bs, cs] = torch.bmm(gm, Bc[:, bs, cs].reshape(-1, n, 1)).view_as(dts)
+            dBc[:, bs, cs] = torch.bmm(dtu[:, bs, cs].reshape(-1, 1, dim), gm).view_as(Bc[:, bs, cs])
+            dCc[:, bs, cs] = torch.bmm(dy[:, bs, cs].reshape(-1, 1, dim), hm).view_as(Cc[:, bs, cs])
             # q = d out / d (dt A) = g a h_prev, written d-major (d, tbc, n) for the bmms
             a[1:].mul_(h[:-1])
             a[0].mul_(start)
-            q = gm.new_empty(dd, gm.shape[0], n)
+            q = dyC.view(dim, -1, n)  # dyC's buffer is free again
             torch.mul(a.view_as(gm), gm, out=q.transpose(0, 1))
-            del a, h, g, gm, hm
-            ddt[:, bs, :, ds] = torch.bmm(q, Ad.unsqueeze(-1)).view(dd, -1).t().view_as(dts)
-            dA[ds] += torch.bmm(dts.reshape(-1, dd).t().contiguous().unsqueeze(1), q)[:, 0]
+            ddt[:, bs, cs] = torch.bmm(q, Af.unsqueeze(-1)).view(dim, -1).t().view_as(dts)
+            dA += torch.bmm(dts.reshape(-1, dim).t().contiguous().unsqueeze(1), q)[:, 0]
 
         ddt = _from_chunks(ddt.addcmul_(ddtu, uc), L)
         du = _from_chunks(ddtu.mul_(dt), L)

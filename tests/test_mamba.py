@@ -88,7 +88,8 @@ def assert_close_scaled(got, want, tol):
         assert err <= tol * scale, f"{k}: max error {err:.3g} > {tol:.0e} * {scale:.3g}"
 
 
-TILES = {"one tile": None, "2 batch x 3 dim tiles": 600}
+# 600 elements: tiles of 1 batch item x 3 chunks (the last partial at L = 64); 1: one chunk each
+TILES = {"one tile": None, "1 item x 3 chunk tiles": 600, "one chunk per tile": 1}
 
 
 @pytest.mark.parametrize("tile", TILES, ids=list(TILES))
