@@ -9,6 +9,7 @@ import pytest
 import torch
 from geomloss import SamplesLoss
 
+import mmsa_alignmamba.alignment as alignment_module
 from mmsa_alignmamba.alignment import (
     OTAlignment,
     alignment_loss,
@@ -95,12 +96,17 @@ def test_aligned_equals_plan_transpose_times_source(rescale):
     assert (out.aligned[~am] == 0).all()
 
 
-def test_blockwise_equals_full_including_gradients():
+def test_blockwise_equals_full_including_gradients(monkeypatch):
     source, anchor, sm, am = _random_case(seed=3, b=2, t_m=37, t_l=5, d=6,
                                           src_len=(37, 20), anc_len=(5, 3))
     weight = torch.randn(2, 5, 6, dtype=D64, generator=torch.Generator().manual_seed(9))
     results = []
-    for block in (1, 4, 10_000):
+    # (block_size, cost-block cap): the cap of 30 entries with B·T_l = 10 gives 3-row blocks
+    for block, cap in ((1, None), (4, None), (10_000, 30), (10_000, None)):
+        if cap:
+            monkeypatch.setattr(alignment_module, "_COST_BLOCK_ELEMS", cap)
+        else:
+            monkeypatch.undo()
         src = source.clone().requires_grad_(True)
         out = relaxed_ot_align(src, anchor, sm, am, block_size=block)
         (out.aligned * weight).sum().backward()
