@@ -47,9 +47,11 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     metrics = [m for m in cells.columns if m not in KEYS + ["Seed"]]
     grouped = cells.groupby(KEYS, sort=True)
     out = grouped[metrics].mean().round(4)
-    std = grouped[metrics].std(ddof=0).round(4).add_suffix("_std")
+    # Population std over seeds, as MMSA's own result CSVs; undefined (NaN, no "± 0.00") for one seed.
+    seeds = grouped["Seed"].count()
+    std = grouped[metrics].std(ddof=0).round(4).where(seeds > 1).add_suffix("_std")
     out = out.join(std)
-    out.insert(0, "Seeds", grouped["Seed"].count())
+    out.insert(0, "Seeds", seeds)
     ordered = ["Seeds"] + [c for m in metrics for c in (m, f"{m}_std")]
     return out[ordered].reset_index()
 
