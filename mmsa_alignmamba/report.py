@@ -47,11 +47,10 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     metrics = [m for m in cells.columns if m not in KEYS + ["Seed"]]
     grouped = cells.groupby(KEYS, sort=True)
     out = grouped[metrics].mean().round(4)
-    # Population std over seeds, as MMSA's own result CSVs; undefined (NaN, no "± 0.00") for one seed.
-    seeds = grouped["Seed"].count()
-    std = grouped[metrics].std(ddof=0).round(4).where(seeds > 1).add_suffix("_std")
+    # Population std over seeds (0 for one seed), as in MMSA's own result CSVs.
+    std = grouped[metrics].std(ddof=0).round(4).add_suffix("_std")
     out = out.join(std)
-    out.insert(0, "Seeds", seeds)
+    out.insert(0, "Seeds", grouped["Seed"].count())
     ordered = ["Seeds"] + [c for m in metrics for c in (m, f"{m}_std")]
     return out[ordered].reset_index()
 
@@ -76,7 +75,8 @@ def robustness_table(summary: pd.DataFrame, low: float = 0.1, high: float = 0.7)
 
 
 def markdown_table(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
-    """Compact markdown: metric cells as 'mean ± std' where a std column exists."""
+    """Compact markdown: metric cells as 'mean ± std' where a std column exists and there are
+    several seeds."""
     if df.empty:
         return "(no finished runs)\n"
     metrics = metrics or [m for m in HEADLINE if m in df.columns]
@@ -87,7 +87,8 @@ def markdown_table(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
         cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
         for m in metrics:
             value = row[m]
-            std = row.get(f"{m}_std")
+            # one seed: a value alone, not a "± 0.00" that would read as a measured spread
+            std = row.get(f"{m}_std") if row.get("Seeds", 2) > 1 else None
             cells.append("—" if pd.isna(value) else (f"{value:.2f} ± {std:.2f}" if std is not None and not pd.isna(std)
                                                     else f"{value:.2f}"))
         lines.append("| " + " | ".join(cells) + " |")
