@@ -296,7 +296,7 @@ def cmd_make_synthetic(argv) -> int:
 def cmd_ablate(argv) -> int:
     from .model import ABLATIONS
     p = ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
-                                "(paper Table 3), same seeds, one table.")
+                                "(paper Table 3, plus our modality_dropout), same seeds, one table.")
     _add_data_options(p)
     _add_run_options(p)
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))

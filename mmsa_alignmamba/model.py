@@ -51,6 +51,7 @@ class AlignMambaConfig:
     mmd_sigmas: tuple[float, ...] | str = (0.5, 1.0, 2.0)  # Gaussian bandwidths, or "median"
     fusion: str = "interleave"        # "interleave" (paper), "single_stream", "multi_stream"
     modalities: tuple[str, ...] = MODALITIES  # drop one for the w/o-audio/vision/language ablations
+    modality_dropout: float = 0.0     # training only: P(a sample's modality is treated as missing); ours
     use_bert: bool = False            # text is (B,3,T) token ids and a local BERT is fine-tuned
     pretrained: str | None = None     # local folder of that BERT (no hub downloads)
 
@@ -67,6 +68,7 @@ class AlignMambaConfig:
              f"modalities must be a non-empty subset of {MODALITIES}"),
             (self.d_model > 0 and self.n_layers > 0 and self.d_state > 0, "d_model, n_layers, d_state must be > 0"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.modality_dropout < 1.0, "modality_dropout must be in [0, 1)"),
             (not self.use_bert or self.pretrained, "use_bert needs `pretrained`: a local BERT folder"),
         ]
         for ok, message in checks:
@@ -188,6 +190,21 @@ class AlignMamba(nn.Module):
             encoded[m] = (h, mask, is_present)
         return encoded
 
+    def _drop_modalities(self, modality_mask, batch, device):
+        """Training-time modality dropout (ours, not the paper's): (B, 3) presence in which each
+        present modality is dropped with probability ``modality_dropout``; a sample left with no
+        used modality gets one of its present ones back, chosen uniformly. Without it, a model
+        trained on complete data never trains its missing embeddings or the language-less plan."""
+        present = (torch.ones(batch, 3, dtype=torch.bool, device=device) if modality_mask is None
+                   else modality_mask.to(device).bool())
+        candidates = present & torch.tensor([m in self.cfg.modalities for m in MODALITIES], device=device)
+        kept = candidates & (torch.rand(batch, 3, device=device) >= self.cfg.modality_dropout)
+        emptied = ~kept.any(dim=1, keepdim=True)                                          # (B, 1)
+        rescued = torch.rand(batch, 3, device=device).masked_fill(~candidates, -1.0).argmax(dim=1)
+        kept |= emptied & F.one_hot(rescued, 3).bool()
+        # unused modalities keep their input flag (the model never reads them)
+        return kept | (present & ~candidates)
+
     # ---- alignment ----------------------------------------------------------------------
     def _align(self, source, source_mask, anchor, anchor_mask, anchor_present):
         """Align one source onto the anchor grid: (B, T_m, d) -> (B, T_l, d)."""
@@ -208,6 +225,8 @@ class AlignMamba(nn.Module):
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,
                 **_unused):
         cfg = self.cfg
+        if self.training and cfg.modality_dropout > 0:
+            modality_mask = self._drop_modalities(modality_mask, audio.shape[0], audio.device)
         enc = self._encode(text, audio, vision, audio_lengths, vision_lengths, modality_mask)
         B = audio.shape[0]
         align_loss = audio.new_zeros(())
@@ -255,7 +274,8 @@ def AlignMambaForMMSA(args) -> AlignMamba:
     return AlignMamba.from_mmsa_args(args)
 
 
-# The paper's Table 3 ablations (plus language-only), as config overrides on top of AlignMamba.
+# The paper's Table 3 ablations (plus language-only and our modality dropout), as config overrides
+# on top of AlignMamba.
 # Without OT, audio/vision still need a length-T_l grid to interleave: the time-proportional plan.
 ABLATIONS: dict[str, dict] = {
     "alignmamba": {},
@@ -267,4 +287,5 @@ ABLATIONS: dict[str, dict] = {
     "wo_video": {"modalities": ["text", "audio"]},
     "wo_language": {"modalities": ["audio", "vision"]},
     "language_only": {"modalities": ["text"]},
+    "modality_dropout": {"modality_dropout": 0.3},
 }

@@ -142,3 +142,46 @@ def test_use_bert_fine_tunes_a_local_bert(tmp_path):
     assert out["M"].shape == (B, 1)
     out["M"].sum().backward()
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_modality_dropout_statistics_and_guarantees():
+    """Each present modality is dropped at the configured rate; a sample left with none gets one
+    back; a modality missing on input is never brought back."""
+    torch.manual_seed(0)
+    model = AlignMamba(small_config(modality_dropout=0.3, modalities=("text", "vision")))
+    n = 20_000
+    given = torch.ones(n, 3, dtype=torch.bool)
+    given[: n // 2, 0] = False  # half the samples arrive without language
+    kept = model._drop_modalities(given, n, "cpu")
+    assert not (kept & ~given).any()
+    assert (kept[:, [0, 2]]).any(dim=1).all()  # audio is unused: it does not count as kept
+    # two used modalities: a drop sticks unless both were dropped (0.09) and it was the one
+    # given back (half of those): 0.3 - 0.09 / 2
+    full = kept[n // 2:]
+    for m in (0, 2):
+        assert abs((~full[:, m]).float().mean().item() - (0.3 - 0.045)) < 0.015
+    assert kept[: n // 2, 2].all()  # vision alone: always given back
+    assert kept[:, 1].all()  # audio is unused: its input flag passes through
+
+
+def test_modality_dropout_only_while_training(batch):
+    torch.manual_seed(0)
+    plain = AlignMamba(small_config())
+    dropping = AlignMamba(small_config(modality_dropout=0.9))
+    dropping.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for model in (plain, dropping):  # distinct missing embeddings make a drop visible
+            for i, p in enumerate(model.missing_embedding.values()):
+                p.fill_(float(i + 1))
+    plain.eval(), dropping.eval()
+    torch.testing.assert_close(plain(**batch)["M"], dropping(**batch)["M"])
+    plain.train(), dropping.train()
+    torch.manual_seed(1)
+    train_plain = plain(**batch)["M"]
+    torch.manual_seed(1)
+    assert not torch.allclose(train_plain, dropping(**batch)["M"])
+
+
+def test_modality_dropout_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="modality_dropout"):
+        small_config(modality_dropout=1.0)
