@@ -110,14 +110,14 @@ def _from_chunks(x, L):
 
 
 def _tiles(batch, dim, t, c, n):
-    """(batch slice, chunk slice) pairs whose (t, b, c, d, n) buffers hold ~_TILE_ELEMS
-    elements; for each batch slice its chunk slices come in time order."""
+    """(batch slice, chunk slice) pairs, each slice within range, whose (t, b, c, d, n) buffers
+    hold ~_TILE_ELEMS elements; for each batch slice its chunk slices come in time order."""
     per_chunk = t * dim * n
     if per_chunk * c <= _TILE_ELEMS:
         bt, cc = max(1, _TILE_ELEMS // (per_chunk * c)), c
     else:
         bt, cc = 1, max(1, _TILE_ELEMS // per_chunk)
-    return [(slice(i, i + bt), slice(j, j + cc))
+    return [(slice(i, min(i + bt, batch)), slice(j, min(j + cc, c)))
             for i in range(0, batch, bt) for j in range(0, c, cc)]
 
 
@@ -128,11 +128,21 @@ def _workspace(like, count, tiles, t, dim, n):
     most = max((bs.stop - bs.start) * (cs.stop - cs.start) for bs, cs in tiles) * t * dim * n
     flat = like.new_empty(count, most)
 
-    def view(i, bs, cs, batch, c):
-        shape = (t, min(bs.stop, batch) - bs.start, min(cs.stop, c) - cs.start, dim, n)
+    def view(i, bs, cs):
+        shape = (t, bs.stop - bs.start, cs.stop - cs.start, dim, n)
         return flat[i, :math.prod(shape)].view(shape)
 
     return view
+
+
+def _tile_terms_(dt, dtu, Bc, Af, bs, cs, a, bu):
+    """Fills one tile's decay a = exp(dt A) and input term bu = dt u B, both (t, b', c', d, n),
+    in place; returns its dt (t, b', c', d) and each chunk's total decay exp(A sum dt)
+    (b', c', d, n)."""
+    dts = dt[:, bs, cs]
+    torch.mul(dts.unsqueeze(-1), Af, out=a).exp_()
+    torch.mul(dtu[:, bs, cs].unsqueeze(-1), Bc[:, bs, cs].unsqueeze(3), out=bu)
+    return dts, torch.mul(dts.sum(0).unsqueeze(-1), Af).exp_()
 
 
 def _chunked_inputs(u, delta, B, C, delta_bias, delta_softplus, t, c, dtype):
@@ -178,12 +188,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         tiles = _tiles(batch, dim, t, c, n)
         buffer = _workspace(dt, 3, tiles, t, dim, n)
         for bs, cs in tiles:
-            dts, st = dt[:, bs, cs], starts[bs, cs]  # (t, b', c', d), (b', c', d, n)
-            a, bu, local = (buffer(i, bs, cs, batch, c) for i in range(3))  # (t, b', c', d, n)
-            torch.mul(dts.unsqueeze(-1), Af, out=a).exp_()  # decay exp(dt A)
-            torch.mul(dtu[:, bs, cs].unsqueeze(-1), Bc[:, bs, cs].unsqueeze(3), out=bu)  # dt u B
+            st = starts[bs, cs]  # (b', c', d, n)
+            a, bu, local = (buffer(i, bs, cs) for i in range(3))  # (t, b', c', d, n)
+            dts, decay = _tile_terms_(dt, dtu, Bc, Af, bs, cs, a, bu)
             ends = _scan_(local.copy_(bu), a)[-1]  # phase 1: each chunk's end state from zero
-            decay = torch.mul(dts.sum(0).unsqueeze(-1), Af).exp_()  # each chunk's total decay
             if cs.start == 0:
                 st[:, 0].zero_()
             else:
@@ -231,10 +239,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         tiles = _tiles(batch, dim, t, c, n)
         buffer = _workspace(dt, 4, tiles, t, dim, n)
         for bs, cs in reversed(tiles):  # latest chunks first
-            dts, start = dt[:, bs, cs], starts[bs, cs]
-            a, h, dyC, g = (buffer(i, bs, cs, batch, c) for i in range(4))  # (t, b', c', d, n)
-            torch.mul(dts.unsqueeze(-1), Af, out=a).exp_()
-            torch.mul(dtu[:, bs, cs].unsqueeze(-1), Bc[:, bs, cs].unsqueeze(3), out=h)
+            start = starts[bs, cs]
+            a, h, dyC, g = (buffer(i, bs, cs) for i in range(4))  # (t, b', c', d, n)
+            dts, decay = _tile_terms_(dt, dtu, Bc, Af, bs, cs, a, h)
             _scan_(h, a, start)
             # adjoint g = d out / d h
             torch.mul(dy[:, bs, cs].unsqueeze(-1), Cc[:, bs, cs].unsqueeze(3), out=dyC)
@@ -243,9 +250,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             # i.e. a[0] g_true[0] of chunk k + 1 = a[0] g_local[0] + (its total decay) carry;
             # the last chunk's comes from the next tile (zero at the sequence end)
             head = a[0] * g[0]  # (b', c', d, n)
-            decay = torch.mul(dts.sum(0).unsqueeze(-1), Af).exp_()
             carry = torch.empty_like(head)
-            if cs.stop >= c:
+            if cs.stop == c:
                 carry[:, -1].zero_()
             else:
                 carry[:, -1].copy_(handoff)
