@@ -133,6 +133,13 @@ def lengths_to_mask(lengths, max_len: int, batch: int, device) -> torch.Tensor:
     return torch.arange(max_len, device=device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def presence(modality_mask, batch: int, device) -> torch.Tensor:
+    """(B, 3) bool: which of text/audio/vision each sample has; None means all of them."""
+    if modality_mask is None:
+        return torch.ones(batch, 3, dtype=torch.bool, device=device)
+    return modality_mask.to(device).bool()
+
+
 class AlignMamba(nn.Module):
     def __init__(self, cfg: AlignMambaConfig):
         super().__init__()
@@ -177,8 +184,7 @@ class AlignMamba(nn.Module):
                "vision": (vision, lengths_to_mask(vision_lengths, vision.shape[1], B, device))}
         if "text" in self.cfg.modalities:
             raw["text"] = self._text_features(text)
-        present = (torch.ones(B, 3, dtype=torch.bool, device=device) if modality_mask is None
-                   else modality_mask.to(device).bool())
+        present = presence(modality_mask, B, device)
         encoded = {}
         for m in self.cfg.modalities:
             x, mask = raw[m]
@@ -195,8 +201,7 @@ class AlignMamba(nn.Module):
         present modality is dropped with probability ``modality_dropout``; a sample left with no
         used modality gets one of its present ones back, chosen uniformly. Without it, a model
         trained on complete data never trains its missing embeddings or the language-less plan."""
-        present = (torch.ones(batch, 3, dtype=torch.bool, device=device) if modality_mask is None
-                   else modality_mask.to(device).bool())
+        present = presence(modality_mask, batch, device)
         candidates = present & torch.tensor([m in self.cfg.modalities for m in MODALITIES], device=device)
         kept = candidates & (torch.rand(batch, 3, device=device) >= self.cfg.modality_dropout)
         emptied = ~kept.any(dim=1, keepdim=True)                                          # (B, 1)
