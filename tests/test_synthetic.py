@@ -347,3 +347,148 @@ def test_signal_needs_all_modalities_and_alignment():
     assert r_aligned > 0.75, msg
     # the gain comes from the correct alignment, not from the extra features
     assert r_wrong < r_aligned - 0.15, msg
+
+
+# ---------------------------------------------------------------- the wordlevel family
+def _time_proportional_tokens(part, modality):
+    """Token index the time-proportional plan gives each valid frame (over all valid text tokens)."""
+    T = part[modality].shape[1]
+    lengths = part[f"{modality}_lengths"]
+    n_tokens = (np.abs(part["text"]).sum(-1) > 0).sum(1)
+    return np.floor(np.arange(T)[None, :] * n_tokens[:, None] / lengths[:, None]).astype(int)
+
+
+def _plan_accuracy(part, modality, plan):
+    truth = part[f"{modality}_token"].astype(int)
+    counted = truth >= 0
+    return float(np.mean(plan[counted] == truth[counted]))
+
+
+@pytest.fixture(scope="module")
+def wordlevel():
+    return S.make_synthetic("mosi", size={"train": 400, "valid": 4, "test": 200}, seed=5, task="wordlevel",
+                            return_latents=True)
+
+
+def test_pooled_family_is_unchanged():
+    """'Keep today's family as it is': the pooled generator's bytes are pinned."""
+    import hashlib
+    data = S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3)
+    digest = hashlib.sha1()
+    for split in S.SPLITS:
+        for key in sorted(data[split]):
+            digest.update(key.encode())
+            digest.update(pickle.dumps(data[split][key], protocol=4))
+    assert digest.hexdigest() == POOLED_SHA1
+
+
+POOLED_SHA1 = "ed434efc327d88ddbf8f37071d22503edc756b3f"  # recorded with the first release's generator
+
+
+@pytest.mark.parametrize("like", ["mosi", "mosei", "sims"])
+def test_wordlevel_format_and_true_maps(like):
+    data = S.make_synthetic(like, size=TINY, seed=2, task="wordlevel")
+    aligned = S.make_synthetic(like, aligned=True, size=TINY, seed=2, task="wordlevel")
+    p = S.PRESETS[like]
+    T_l, T_a, T_v = p["seq_lens"]["unaligned"]
+    for split, d in data.items():
+        assert set(d) == _expected_keys(like, False) | {"audio_token", "vision_token"}
+        assert set(aligned[split]) == _expected_keys(like, True)      # word-aligned: no maps
+        for m, T in (("audio", T_a), ("vision", T_v)):
+            tokens = d[f"{m}_token"]
+            assert tokens.shape == (TINY[split], T) and tokens.dtype == np.int16
+            n_words = (np.abs(d["text"]).sum(-1) > 0).sum(1) - 2
+            valid = np.arange(T)[None, :] < d[f"{m}_lengths"][:, None]
+            assert np.all(tokens[~valid] == -1)                        # padding speaks no word
+            assert np.all((tokens == -1) | ((tokens >= 1) & (tokens <= n_words[:, None])))   # words, not [CLS]/[SEP]
+            for row in tokens:                                          # words come in order
+                spoken = row[row >= 0]
+                assert np.all(np.diff(spoken) >= 0)
+            assert np.all(d[m][~valid] == 0)
+        assert np.all(np.abs(d["regression_labels"]) <= p["label_scale"] + 1e-6)
+
+
+def test_wordlevel_timing_defeats_the_time_proportional_plan(wordlevel):
+    """Free word durations and pauses: the time-proportional plan gets a minority of frames right."""
+    data, lat = wordlevel
+    test = data["test"]
+    for m in ("audio", "vision"):
+        accuracy = _plan_accuracy(test, m, _time_proportional_tokens(test, m))
+        assert 0.15 < accuracy < 0.4, (m, accuracy)
+        valid = np.arange(test[m].shape[1])[None] < test[f"{m}_lengths"][:, None]
+        assert 0.1 < np.mean(test[f"{m}_token"][valid] < 0) < 0.4, m     # pauses and silence
+
+
+def test_wordlevel_frames_carry_a_signature_of_their_word(wordlevel):
+    """A linear map from a word's text features to its frames, fitted with the true map, picks each
+    test frame's word among its utterance's tokens far above chance, from the frame alone."""
+    from sklearn.linear_model import Ridge
+
+    data, _ = wordlevel
+    train, test = data["train"], data["test"]
+    for m in ("audio", "vision"):
+        truth = train[f"{m}_token"].astype(int)
+        rows, cols = np.nonzero(truth >= 0)
+        model = Ridge(alpha=10.0).fit(train["text"][rows, truth[rows, cols]], train[m][rows, cols])
+        resid = train[m][rows, cols] - model.predict(train["text"][rows, truth[rows, cols]])
+        precision = np.linalg.inv(np.cov(resid.T) + 1e-6 * np.eye(resid.shape[1]))
+        expected = model.predict(test["text"].reshape(-1, test["text"].shape[-1])).reshape(*test["text"].shape[:2], -1)
+        gap = test[m][:, :, None, :] - expected[:, None, :, :]                     # (N, T_m, T_l, d)
+        loglik = -np.einsum("ntld,de,ntle->ntl", gap, precision, gap)
+        tokens = np.abs(test["text"]).sum(-1) > 0
+        loglik[~np.broadcast_to(tokens[:, None, :], loglik.shape)] = -np.inf
+        accuracy = _plan_accuracy(test, m, loglik.argmax(-1))
+        chance = float(np.mean(1.0 / tokens.sum(1)))
+        assert accuracy > 2.5 * chance, (m, accuracy, chance)
+
+
+def test_wordlevel_label_rests_on_word_level_cooccurrence(wordlevel):
+    """The latent ladder: pooled terms explain part of the label, adding the word-level products
+    (which need the alignment) explains nearly all of it."""
+    from sklearn.linear_model import LinearRegression
+
+    data, lat = wordlevel
+    y = data["train"]["regression_labels"]
+    t = lat["train"]
+    pooled = np.stack([t["L"], t["A"], t["V"]], 1)
+    full = np.concatenate([pooled, np.stack([t["X_a"], t["X_v"]], 1)], 1)
+    r2 = {name: LinearRegression().fit(x, y).score(x, y) for name, x in (("pooled", pooled), ("full", full))}
+    assert r2["pooled"] < 0.6 and r2["full"] > 0.85 and r2["full"] > r2["pooled"] + 0.3, r2
+
+
+def test_oracle_ladder_orders_text_pooled_and_true_alignment(wordlevel):
+    from mmsa_alignmamba.synthetic.oracle import RUNGS, oracle_ladder
+
+    data, _ = wordlevel
+    ladder = oracle_ladder(data, "mosi")
+    assert list(ladder) == list(RUNGS)
+    acc = {rung: ladder[rung]["Has0_acc_2"] for rung in RUNGS}
+    corr = {rung: ladder[rung]["Corr"] for rung in RUNGS}
+    assert corr["text_linear"] < corr["pooled_linear"] < corr["aligned_ceiling"], corr
+    assert acc["aligned_ceiling"] > acc["pooled_linear"] + 0.04, acc
+    # the ceiling needs the TRUE map: the same read-out with the time-proportional map falls back
+    shuffled = {split: dict(part) for split, part in data.items()}
+    for split in ("train", "test"):
+        for m in ("audio", "vision"):
+            part = shuffled[split]
+            lengths = part[f"{m}_lengths"]
+            plan = _time_proportional_tokens(part, m)
+            part[f"{m}_token"] = np.where(np.arange(part[m].shape[1])[None] < lengths[:, None], plan, -1)
+    assert oracle_ladder(shuffled, "mosi")["aligned_ceiling"]["Corr"] < corr["aligned_ceiling"] - 0.03
+
+
+def test_wordlevel_files_paths_and_tags(tmp_path):
+    path = S.synthetic_path(tmp_path, "mosi", False, TINY, 1, task="wordlevel")
+    assert path.name == "unaligned_50-synthetic-wordlevel-n12-5-7-seed1.pkl"
+    assert S.synthetic_path(tmp_path, "mosi", False, TINY, 1) != path
+    written = S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=1, task="wordlevel")
+    meta = S.read_metadata(written)
+    assert meta["task"] == "wordlevel" and meta["synthetic"] is True
+    assert set(meta["oracle"]) == {"text_linear", "pooled_linear", "aligned_ceiling"}
+    assert S.data_tag(meta) == "synthetic-wordlevel-n12-5-7"
+    assert S.data_tag({"size": "small"}) == "synthetic-small"        # pooled files of the first release
+    mtime = written.stat().st_mtime_ns
+    assert S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=1, task="wordlevel") == written
+    assert written.stat().st_mtime_ns == mtime                          # cached, not regenerated
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        S.make_synthetic("mosi", size=TINY, task="nope")

@@ -1,0 +1,153 @@
+"""What every synthetic family shares: MMSA's shapes per dataset, split sizes, argument checks,
+the annotation grid of the labels and MMSA's word-aligned layout."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..safeio import InputError
+
+SPLITS = ("train", "valid", "test")
+
+# Read-only by convention. seq_lens / feature_dims are [text, audio, vision].
+PRESETS: dict[str, dict[str, Any]] = {
+    "mosi": {
+        "name": "MOSI",
+        "index": 0,
+        "feature_dims": (768, 5, 20),
+        "seq_lens": {"unaligned": (50, 375, 500), "aligned": (50, 50, 50)},
+        "sizes": {
+            "full": {"train": 1284, "valid": 229, "test": 686},
+            "small": {"train": 600, "valid": 150, "test": 300},
+        },
+        "label_scale": 3.0,
+        "label_step": 0.2,
+        "unimodal_labels": False,
+        "file_stem": {"unaligned": "unaligned_50", "aligned": "aligned_50"},
+    },
+    "mosei": {
+        "name": "MOSEI",
+        "index": 1,
+        "feature_dims": (768, 74, 35),
+        "seq_lens": {"unaligned": (50, 500, 500), "aligned": (50, 50, 50)},
+        "sizes": {
+            "full": {"train": 16326, "valid": 1871, "test": 4659},
+            "small": {"train": 600, "valid": 150, "test": 300},
+        },
+        "label_scale": 3.0,
+        "label_step": 1.0 / 3.0,
+        "unimodal_labels": False,
+        "file_stem": {"unaligned": "unaligned_50", "aligned": "aligned_50"},
+    },
+    "sims": {
+        "name": "SIMS",
+        "index": 2,
+        "feature_dims": (768, 33, 709),
+        "seq_lens": {"unaligned": (39, 400, 55), "aligned": (39, 39, 39)},
+        "sizes": {
+            "full": {"train": 1368, "valid": 456, "test": 457},
+            "small": {"train": 600, "valid": 150, "test": 300},
+        },
+        "label_scale": 1.0,
+        "label_step": 0.2,
+        "unimodal_labels": True,
+        "file_stem": {"unaligned": "unaligned_39", "aligned": "aligned_39"},
+    },
+}
+
+# Extra keys of a dataset pickle holding the true frame->word map (MMSA's loader ignores them):
+# (N, T_m) ints, the text token index of the word spoken in each frame, -1 where none.
+TRUE_MAP_KEYS = {"audio": "audio_token", "vision": "vision_token"}
+
+# Samples generated at once: bounds temporary memory (MOSEI full is 16k samples).
+CHUNK = 256
+CLS, SEP = 101, 102   # BERT's [CLS] / [SEP] ids in text_bert
+
+
+def preset(like: str) -> dict[str, Any]:
+    if not isinstance(like, str):
+        raise InputError(f"like must be one of {sorted(PRESETS)}, got {like!r}")
+    key = like.strip().lower()
+    if key not in PRESETS:
+        raise InputError(f"unknown synthetic preset {like!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[key]
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def resolve_sizes(like: str, size: str | Mapping[str, int] = "small") -> dict[str, int]:
+    """Return ``{"train": n, "valid": n, "test": n}`` for a size name or a (partial) dict.
+
+    A dict may give any of train/valid/test (or n_train/n_valid/n_test); missing splits are
+    taken from the ``small`` preset.
+    """
+    p = preset(like)
+    if isinstance(size, str):
+        if size not in p["sizes"]:
+            raise InputError(f"unknown size {size!r}; expected 'small', 'full' or a dict of split sizes")
+        return dict(p["sizes"][size])
+    if not isinstance(size, Mapping):
+        raise InputError(f"size must be 'small', 'full' or a dict, got {size!r}")
+    out = dict(p["sizes"]["small"])
+    for k, v in size.items():
+        split = k[2:] if isinstance(k, str) and k.startswith("n_") else k
+        if split not in SPLITS:
+            raise InputError(f"unknown split {k!r} in size; expected train/valid/test")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InputError(f"size of split {split!r} must be an integer >= 1, got {v!r}")
+        out[split] = int(v)
+    return out
+
+
+def size_label(like: str, size: str | Mapping[str, int]) -> str:
+    if isinstance(size, str):
+        resolve_sizes(like, size)
+        return size
+    s = resolve_sizes(like, size)
+    return f"n{s['train']}-{s['valid']}-{s['test']}"
+
+
+def quantize(y, scale, step):
+    """Scores rounded to the annotation grid (MOSI 0.2, MOSEI 1/3) and clipped to [-scale, scale]."""
+    y = np.round(y / step) * step
+    return np.clip(y, -scale, scale).astype(np.float32)
+
+
+def word_average(idx, frames, T_l):
+    """MMSA's word-aligned layout: the frames of word k averaged into token slot k+1 of a
+    (B, T_l, d) array. ``idx`` (B, T) is the word index of each frame, < 0 where none.
+
+    Each word's frames are contiguous in time, so they are contiguous in the flattened valid
+    frames too and ``np.add.reduceat`` sums them in one pass.
+    """
+    B, T, d = frames.shape
+    W = T_l - 2
+    valid = idx >= 0
+    gi = (np.arange(B)[:, None] * W + idx)[valid]
+    x = frames[valid]
+    out = np.zeros((B * W, d), np.float32)
+    if gi.size:
+        starts = np.flatnonzero(np.diff(gi, prepend=-1))
+        sums = np.add.reduceat(x, starts, axis=0)
+        counts = np.diff(np.append(starts, gi.size)).astype(np.float32)
+        out[gi[starts]] = sums / counts[:, None]
+    res = np.zeros((B, T_l, d), np.float32)
+    res[:, 1:W + 1] = out.reshape(B, W, d)
+    return res
+
+
+def labels_and_ids(labels: np.ndarray, split: str) -> dict[str, np.ndarray]:
+    """MMSA's label companions: 3-class labels, annotations and sample ids."""
+    n = labels.shape[0]
+    cls = np.where(labels < 0, 0, np.where(labels > 0, 2, 1))
+    ids = np.empty(n, dtype=object)
+    for i in range(n):
+        ids[i] = f"synthetic_{split}_{i + 1:05d}$_$0"
+    return {"classification_labels": cls.astype(np.float32),
+            "annotations": np.array(["Negative", "Neutral", "Positive"], dtype=object)[cls],
+            "id": ids}
