@@ -13,24 +13,32 @@ is linear in T_m. :func:`soft_ot_align` is our differentiable variant (not the p
 
 Global alignment (§3). :func:`mmd2` is the biased per-sample MMD² with Gaussian kernels;
 :func:`alignment_loss` is ``L_align = MMD²(X̃_v, X_l) + MMD²(X̃_a, X_l)``.
+
+Alignment diagnostics: :func:`plan_hits` counts how often a plan sends a source step to its true
+anchor step, where the true alignment is known (synthetic data).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "mmd2", "alignment_loss"]
+__all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "relaxed_plan", "soft_plan",
+           "FrameWordLikelihood", "position_gap", "plan_hits", "mmd2", "alignment_loss"]
 
 #: ``sigmas`` of :func:`mmd2`: one bandwidth, several (their kernels are averaged), or "median".
 SigmaSpec = Union[float, Sequence[float], str]
 
-#: Most entries of one (B, rows, T_l) similarity block in :func:`relaxed_ot_align` (16 MB float32).
+#: Most entries of one (B, rows, T_l) similarity block in :func:`relaxed_plan` (16 MB float32).
 _COST_BLOCK_ELEMS = 1 << 22
+
+#: ``scores(start, rows, blocked_out) -> (B, rows, T_l)``: −cost of source steps [start, start+rows)
+#: against every anchor step, plus ``blocked_out`` (B, 1, T_l): 0 on valid anchor steps, −inf on padding.
+ScoreBlock = Callable[[int, int, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,10 @@ def relaxed_ot_align(
     anchor_mask: Optional[Tensor] = None,
     block_size: int = 1024,
     rescale: bool = False,
+    *,
+    values: Optional[Tensor] = None,
+    position_prior: float | Tensor = 0.0,
+    reduce: str = "sum",
 ) -> OTAlignment:
     """The paper's relaxed-OT alignment of ``source`` (B, T_m, d) onto ``anchor`` (B, T_l, d).
 
@@ -101,34 +113,70 @@ def relaxed_ot_align(
     the source steps it received (uneven assignments still weight rows by their counts).
     Default ``False`` = the paper's exact product; the model config chooses.
 
+    Options that are ours, not the paper's (defaults reproduce the paper):
+
+    * ``values`` (B, T_m, d_v): what is transported, when the cost is computed on other
+      features than the ones that are fused (e.g. a learned alignment projection of the
+      source). Default: ``source`` itself, as in the paper.
+    * ``position_prior`` β ≥ 0 (float or 0-d tensor): the cost becomes
+      ``1 − cos(i, j) + β·δ(i, j)²``, with ``δ`` the distance in anchor steps between step j and
+      where the time-proportional plan would put source step i (see :func:`position_gap`).
+      Speech is monotone in time, so words far from a frame's expected position are unlikely.
+    * ``reduce``: ``"sum"`` (the paper's ``Mᵀ X``, times ``scale``) or ``"mean"``: each anchor
+      step receives the mean of the source steps sent to it (the plan's barycentric
+      projection, ``diag(1/colsum) Mᵀ X``), zero if none; ``rescale`` is then moot.
+
     Raises:
         ValueError: if a sample has no valid anchor step (missing language must be handled by
             the caller), or on inconsistent shapes.
     """
     source, anchor, source_mask, anchor_mask = _prepare(source, anchor, source_mask, anchor_mask)
+    values = _values(values, source, source_mask)
+    prior = _prior_weight(position_prior)
+    with torch.autocast(source.device.type, enabled=False):
+        # Unit vectors in >= float32 (autocast off) so near-ties are not decided in half precision.
+        src_unit, anc_t = _unit(source.detach()), _unit(anchor.detach()).transpose(1, 2)  # (B, T_m, d), (B, d, T_l)
+
+    def scores(start: int, rows: int, blocked_out: Tensor) -> Tensor:
+        # argmin_j (1 − cos + β·δ²) = argmax_j (cos − β·δ²); the mask rides inside the matmul
+        # (baddbmm): one pass over each block fewer than a masked_fill after it.
+        if prior is not None:
+            blocked_out = blocked_out - prior * position_gap(source_mask, anchor_mask, start, rows, src_unit.dtype).square()
+        return torch.baddbmm(blocked_out, src_unit[:, start:start + rows], anc_t)
+
+    return relaxed_plan(scores, values, source_mask, anchor_mask, block_size, rescale, reduce)
+
+
+def relaxed_plan(
+    scores: ScoreBlock,
+    values: Tensor,
+    source_mask: Tensor,
+    anchor_mask: Tensor,
+    block_size: int = 1024,
+    rescale: bool = False,
+    reduce: str = "sum",
+) -> OTAlignment:
+    """The relaxed-OT plan for any cost: every valid source step sends its mass 1/T_m to its
+    lowest-cost (highest-score) valid anchor step, and ``values`` (B, T_m, d_v) are transported.
+
+    ``scores(start, rows, blocked_out)`` returns the scores (−cost) of source steps
+    [start, start+rows) against every anchor step, (B, rows, T_l), with ``blocked_out``
+    (B, 1, T_l; 0 for valid anchor steps, −inf for padded ones) added. It is called over blocks
+    of at most ``block_size`` rows (fewer when B·T_l is large, so a block stays in cache while
+    the argmax reads it back: 2-3x faster at T_l = 3200 on CPU), without gradient: the argmax
+    is piecewise constant, so gradients reach ``values`` only. Ties go to the lowest j.
+    """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    t_m = source.shape[1]
-
-    with torch.no_grad(), torch.autocast(source.device.type, enabled=False):
-        # Unit vectors in >= float32 (autocast off) so near-ties are not decided in half precision.
-        src_unit, anc_unit = _unit(source), _unit(anchor)  # (B, T_m, d), (B, T_l, d)
-        # 0 for valid anchor steps, -inf for padded ones, added inside the matmul (baddbmm):
-        # one pass over each similarity block fewer than a masked_fill after it.
-        blocked_out = src_unit.new_zeros(anchor_mask.shape).masked_fill_(~anchor_mask, float("-inf"))
+    batch, t_m = source_mask.shape
+    with torch.no_grad(), torch.autocast(values.device.type, enabled=False):
+        dtype = torch.promote_types(values.dtype, torch.float32)
+        blocked_out = values.new_zeros(anchor_mask.shape, dtype=dtype).masked_fill_(~anchor_mask, float("-inf"))
         blocked_out = blocked_out.unsqueeze(1)  # (B, 1, T_l)
-        anc_t = anc_unit.transpose(1, 2)  # (B, d, T_l)
-        # Rows per block: at most block_size, and few enough that a (B, rows, T_l) block stays
-        # in cache while argmax reads it back (2-3x faster at T_l = 3200 on CPU).
-        rows = max(1, min(block_size, _COST_BLOCK_ELEMS // max(1, anchor.shape[0] * anchor.shape[1])))
-        # argmin_j (1 − cos) = argmax_j cos
-        assignment = torch.cat(
-            [torch.baddbmm(blocked_out, src_unit[:, start:start + rows], anc_t).argmax(dim=-1)
-             for start in range(0, t_m, rows)],
-            dim=1,
-        ).masked_fill(~source_mask, -1)  # (B, T_m)
-
-    return _hard_transport(source, assignment, source_mask, anchor_mask, rescale)
+        rows = max(1, min(block_size, _COST_BLOCK_ELEMS // max(1, batch * anchor_mask.shape[1])))
+        assignment = torch.cat([scores(start, rows, blocked_out).argmax(dim=-1) for start in range(0, t_m, rows)],
+                               dim=1).masked_fill(~source_mask, -1)  # (B, T_m)
+    return _hard_transport(values, assignment, source_mask, anchor_mask, rescale, reduce)
 
 
 def uniform_align(
@@ -136,6 +184,7 @@ def uniform_align(
     source_mask: Optional[Tensor],
     anchor_mask: Tensor,
     rescale: bool = False,
+    reduce: str = "sum",
 ) -> OTAlignment:
     """The time-proportional plan: valid source step of rank r (of T_m true steps) sends its
     mass 1/T_m to the valid anchor step of rank ⌊r·T_l/T_m⌋ (of T_l true steps).
@@ -143,7 +192,8 @@ def uniform_align(
     Not the paper's: it is what AlignMamba falls back to where OT has nothing to align to (the
     language anchor is missing) and the plan of the "w/o local alignment" ablation, which still
     needs audio and vision on the T_l grid to interleave them. Same result type and scale
-    convention as :func:`relaxed_ot_align`; ``anchor_mask`` (B, T_l) only gives the grid.
+    convention (``rescale``, ``reduce``) as :func:`relaxed_ot_align`; ``anchor_mask`` (B, T_l)
+    only gives the grid.
     """
     if source.dim() != 3 or anchor_mask.dim() != 2 or anchor_mask.shape[0] != source.shape[0]:
         raise ValueError(f"source must be (B, T_m, d) and anchor_mask (B, T_l) with the same B, got "
@@ -158,12 +208,14 @@ def uniform_align(
     # Positions of the valid anchor steps, in order, first: a stable sort of "is padding".
     valid_positions = torch.sort((~anchor_mask).to(torch.uint8), dim=1, stable=True).indices  # (B, T_l)
     assignment = valid_positions.gather(1, anchor_rank.clamp_max(anchor_mask.shape[1] - 1))
-    return _hard_transport(source, assignment.masked_fill(~source_mask, -1), source_mask, anchor_mask, rescale)
+    return _hard_transport(source, assignment.masked_fill(~source_mask, -1), source_mask, anchor_mask, rescale,
+                           reduce)
 
 
 def _hard_transport(source: Tensor, assignment: Tensor, source_mask: Tensor, anchor_mask: Tensor,
-                    rescale: bool) -> OTAlignment:
-    """aligned = scale · Mᵀ X for a hard plan given as one anchor index per source step."""
+                    rescale: bool, reduce: str = "sum") -> OTAlignment:
+    """aligned = scale · Mᵀ X (``reduce="sum"``) or the mean of the rows sent to each anchor step
+    (``"mean"``) for a hard plan given as one anchor index per source step."""
     batch, t_m, width = source.shape
     t_l = anchor_mask.shape[1]
     mass = _row_mass(source_mask, source.dtype)  # (B, T_m)
@@ -171,9 +223,13 @@ def _hard_transport(source: Tensor, assignment: Tensor, source_mask: Tensor, anc
     # Source row (b, i) is added to flat row b·T_l + assignment[b, i]. Padded rows were zeroed
     # and have mass 0, so parking them on column 0 adds nothing (and avoids a boolean-index sync).
     rows = assignment.clamp_min(0) + torch.arange(batch, device=source.device)[:, None] * t_l
-    weighted = source * (mass * scale[:, None])[:, :, None]  # (B, T_m, d)
+    weights = mass * scale[:, None]  # (B, T_m)
+    if _check_reduce(reduce) == "mean":  # each anchor row: the mean of what it receives
+        received = mass.new_zeros(batch * t_l).index_add(0, rows.flatten(), mass.flatten())  # (B·T_l,)
+        weights = mass / received[rows].clamp_min(torch.finfo(mass.dtype).tiny)
+        scale = torch.ones_like(scale)
     aligned = source.new_zeros(batch * t_l, width).index_add(
-        0, rows.flatten(), weighted.reshape(batch * t_m, width)
+        0, rows.flatten(), (source * weights[:, :, None]).reshape(batch * t_m, width)
     ).view(batch, t_l, width)
     return OTAlignment(aligned=aligned, scale=scale, assignment=assignment, mass=mass)
 
@@ -187,8 +243,14 @@ def soft_ot_align(
     block_size: int = 1024,
     sinkhorn_iters: int = 0,
     rescale: bool = False,
+    *,
+    values: Optional[Tensor] = None,
+    position_prior: float | Tensor = 0.0,
+    reduce: str = "sum",
 ) -> OTAlignment:
-    """Our differentiable alignment (not the paper's); same interface as :func:`relaxed_ot_align`.
+    """Our differentiable alignment (not the paper's); same interface as :func:`relaxed_ot_align`,
+    including ``values``, ``position_prior`` (here differentiable when given as a tensor) and
+    ``reduce``.
 
     ``sinkhorn_iters == 0``: each source row's mass 1/T_m is spread by
     ``softmax_j(−C(i,j)/τ)`` over the valid anchor steps, computed over blocks of ``block_size``
@@ -212,33 +274,182 @@ def soft_ot_align(
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if sinkhorn_iters < 0:
         raise ValueError(f"sinkhorn_iters must be >= 0, got {sinkhorn_iters}")
-    t_m = source.shape[1]
-
+    values = _values(values, source, source_mask)
+    prior = _prior_weight(position_prior)
     with torch.autocast(source.device.type, enabled=False):
         src_unit, anc_unit = _unit(source), _unit(anchor)  # (B, T_m, d), (B, T_l, d) >= float32
+
+    def scores(start: int, rows: int, blocked_out: Tensor) -> Tensor:  # −C/τ: (B, rows, T_l)
+        logits = _neg_cost(src_unit[:, start:start + rows], anc_unit, temperature) + blocked_out
+        if prior is not None:
+            logits = logits - prior * position_gap(source_mask, anchor_mask, start, rows, logits.dtype).square() / temperature
+        return logits
+
+    if sinkhorn_iters == 0:
+        return soft_plan(scores, values, source_mask, anchor_mask, block_size, rescale, reduce)
+    with torch.autocast(source.device.type, enabled=False):
         mass = _row_mass(source_mask, src_unit.dtype)  # (B, T_m)
-        if sinkhorn_iters == 0:
-            blocked_out = ~anchor_mask[:, None, :]  # (B, 1, T_l)
-            plan = torch.cat(
-                [
-                    torch.softmax(
-                        _neg_cost(src_unit[:, start:start + block_size], anc_unit, temperature)
-                        .masked_fill(blocked_out, float("-inf")),
-                        dim=-1,
-                    )
-                    for start in range(0, t_m, block_size)
-                ],
-                dim=1,
-            ) * mass[:, :, None]  # (B, T_m, T_l), rows sum to mass
-        else:
-            plan = _sinkhorn_plan(
-                _neg_cost(src_unit, anc_unit, temperature),
-                source_mask, anchor_mask, mass, temperature, sinkhorn_iters,
-            )
-    plan = plan.to(source.dtype)
-    scale = _scale(anchor_mask, rescale, source.dtype)  # (B,)
-    aligned = torch.bmm(plan.transpose(1, 2), source) * scale[:, None, None]  # (B, T_l, d)
+        plan = _sinkhorn_plan(scores(0, source.shape[1], torch.zeros_like(src_unit[:, :1, :1])), source_mask, anchor_mask,
+                              mass, temperature, sinkhorn_iters)
+    return _soft_transport(plan, values, anchor_mask, rescale, reduce)
+
+
+def soft_plan(
+    scores: ScoreBlock,
+    values: Tensor,
+    source_mask: Tensor,
+    anchor_mask: Tensor,
+    block_size: int = 1024,
+    rescale: bool = False,
+    reduce: str = "sum",
+) -> OTAlignment:
+    """A relaxed plan with soft rows: each valid source step spreads its mass 1/T_m over the
+    valid anchor steps by ``softmax_j(scores)`` (``scores`` as in :func:`relaxed_plan`, here with
+    gradient), and ``values`` are transported. It tends to :func:`relaxed_plan` as the scores are
+    scaled up. Returns the dense (B, T_m, T_l) plan in ``OTAlignment.plan``."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    t_m = source_mask.shape[1]
+    with torch.autocast(values.device.type, enabled=False):
+        dtype = torch.promote_types(values.dtype, torch.float32)
+        mass = _row_mass(source_mask, dtype)  # (B, T_m)
+        blocked_out = values.new_zeros(anchor_mask.shape, dtype=dtype).masked_fill(~anchor_mask, float("-inf"))
+        blocked_out = blocked_out.unsqueeze(1)  # (B, 1, T_l)
+        plan = torch.cat([torch.softmax(scores(start, block_size, blocked_out), dim=-1)
+                          for start in range(0, t_m, block_size)], dim=1) * mass[:, :, None]  # rows sum to mass
+    return _soft_transport(plan, values, anchor_mask, rescale, reduce)
+
+
+def _soft_transport(plan: Tensor, values: Tensor, anchor_mask: Tensor, rescale: bool, reduce: str) -> OTAlignment:
+    """aligned = scale · Mᵀ X, or each anchor row divided by the mass it received (``"mean"``)."""
+    plan = plan.to(values.dtype)
+    scale = _scale(anchor_mask, rescale, values.dtype)  # (B,)
+    aligned = torch.bmm(plan.transpose(1, 2), values)  # (B, T_l, d_v)
+    if _check_reduce(reduce) == "mean":  # barycentric projection: divide by the mass each anchor step got
+        aligned = aligned / plan.sum(1).clamp_min(torch.finfo(plan.dtype).tiny)[:, :, None]
+        scale = torch.ones_like(scale)
+    else:
+        aligned = aligned * scale[:, None, None]
     return OTAlignment(aligned=aligned, scale=scale, plan=plan)
+
+
+class FrameWordLikelihood(nn.Module):
+    """A learned cost for relaxed OT (ours, not the paper's): ``C(i, j) = −log p(x_i | word j)
+    − log π(j | i)``, the negative log posterior of "frame i is spoken in word j".
+
+    Why: the paper's cost, ``1 − cos`` between encoded frames and words, is only meaningful if
+    the encoders already map a frame and its word to similar vectors, and nothing trains them to:
+    the argmin passes no gradient, and the task loss cannot say which frame belongs to which word.
+    This cost is a small alignment model that learns from the data alone (no true alignments),
+    like IBM Model 2 or an HMM-free forced aligner:
+
+    * each word j predicts the frames spoken in it: a Gaussian with mean ``read(h_j)`` (h_j the
+      word's encoded features, (B, T_l, d_model)) and a learned diagonal spread, over the
+      source's raw frames centred per utterance (speaker and channel offsets) and scaled per
+      feature by running statistics (as batch norm keeps them; so a sample's plan does not
+      depend on the rest of its batch at inference);
+    * the prior ``π(j | i) ∝ exp(−β·δ(i, j)²)`` (:func:`position_gap`, β learned) favours words
+      near the frame's time-proportional position: speech is monotone in time;
+    * :meth:`nll` is ``−mean_i log Σ_j π(j|i) p(x_i|j)`` per feature, the mixture likelihood
+      of each frame. The mixture weights do not look at the frame, so a word can only raise
+      it by predicting the frames that really belong to it.
+
+    The posterior's argmax over words is the relaxed-OT plan (:meth:`scores` for
+    :func:`relaxed_plan` / :func:`soft_plan`).
+    """
+
+    def __init__(self, d_model: int, d_frame: int, position_prior: float = 0.05):
+        super().__init__()
+        if not position_prior > 0:
+            raise ValueError(f"position_prior must be > 0 (it is learned in log space), got {position_prior}")
+        self.read = nn.Linear(d_model, d_frame)                    # word features -> expected frame
+        self.log_spread = nn.Parameter(torch.zeros(d_frame))       # per-feature log std of frames
+        self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
+        # running per-feature scale, a cumulative average (the raw inputs do not drift)
+        self.norm = nn.BatchNorm1d(d_frame, affine=False, momentum=None)
+
+    @property
+    def position_prior(self) -> Tensor:
+        return self.log_beta.exp()
+
+    def observations(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """(B, T_m, d_frame) raw frames -> centred per utterance, scaled per feature; padding 0.
+        Call once per forward: in training it updates the running statistics."""
+        weights = frame_mask.to(frames.dtype)[..., None]
+        centred = frames - (frames * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        out = torch.zeros_like(centred)
+        valid = centred[frame_mask].detach()                                   # (N_valid, d_frame)
+        if valid.shape[0] > 1 or (valid.shape[0] and not self.training):
+            out[frame_mask] = self.norm(valid)
+        elif valid.shape[0]:  # batch statistics need two frames: one frame uses the running ones
+            out[frame_mask] = F.batch_norm(valid, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
+        return out
+
+    def log_prior(self, frame_mask: Tensor, word_mask: Tensor, start: int = 0, rows: Optional[int] = None) -> Tensor:
+        """log π(j | i) for frames [start, start+rows): (B, rows, T_l), normalised over valid words."""
+        gap = position_gap(frame_mask, word_mask, start, rows, self.log_beta.dtype)
+        logits = (-self.position_prior * gap.square()).masked_fill(~word_mask[:, None, :], float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+    def log_likelihood(self, obs: Tensor, words: Tensor, start: int = 0, rows: Optional[int] = None) -> Tensor:
+        """log p(x_i | word j) for frames [start, start+rows): (B, rows, T_l). As matrix products:
+        −½ Σ_d (x_d − μ_jd)²/s_d² = −½ [x²/s² · 1 − 2 (x/s²)·μ_j + μ_j²/s² · 1]."""
+        x = obs[:, start:] if rows is None else obs[:, start:start + rows]   # (B, rows, d)
+        mean = self.read(words)                                               # (B, T_l, d)
+        inv_var = torch.exp(-2 * self.log_spread)                             # (d,)
+        quad = ((x.square() * inv_var).sum(-1, keepdim=True)                  # (B, rows, 1)
+                - 2 * (x * inv_var) @ mean.transpose(1, 2)                    # (B, rows, T_l)
+                + (mean.square() * inv_var).sum(-1)[:, None, :])              # (B, 1, T_l)
+        return -0.5 * quad - self.log_spread.sum() - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+    def scores(self, obs: Tensor, frame_mask: Tensor, words: Tensor, word_mask: Tensor) -> ScoreBlock:
+        """log p(x_i | j) + log π(j | i), blockwise, for :func:`relaxed_plan` and :func:`soft_plan`
+        (their softmax over j is the posterior p(j | x_i))."""
+        def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
+            return (self.log_likelihood(obs, words, start, rows) + blocked_out
+                    + self.log_prior(frame_mask, word_mask, start, rows).masked_fill(~word_mask[:, None, :], 0.0))
+        return block
+
+    def nll(self, obs: Tensor, frame_mask: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """Mean over valid frames of ``−log Σ_j π(j|i) p(x_i|j)``, divided by the frame width: a scalar."""
+        joint = (self.log_likelihood(obs, words) + self.log_prior(frame_mask, word_mask)
+                 ).masked_fill(~word_mask[:, None, :], float("-inf"))         # (B, T_m, T_l)
+        per_frame = torch.logsumexp(joint, dim=-1)                            # (B, T_m)
+        count = frame_mask.sum().clamp_min(1)
+        return -(per_frame.masked_fill(~frame_mask, 0.0)).sum() / (count * obs.shape[-1])
+
+
+def plan_hits(alignment: OTAlignment, true_anchor: Tensor) -> Tensor:
+    """How often a plan sends source steps to their true anchor step (alignment diagnostics).
+
+    ``true_anchor`` (B, T_m) long: the anchor index of each source step's true partner (for
+    speech, the text token of the word being spoken), < 0 where it has none (pauses, padding).
+    Returns a (3,) float tensor ``[exact, within_one, steps]``: over the source steps that have a
+    true partner and are valid in the plan, the number sent to it exactly, the number sent within
+    ±1 anchor step of it, and how many such steps there are. A hard plan counts steps; a soft plan
+    counts the share of each step's mass that lands there. Sums over batches stay exact.
+    """
+    batch, t_m = true_anchor.shape
+    true_anchor = true_anchor.to(alignment.aligned.device).long()
+    if alignment.is_sparse:
+        chosen = alignment.assignment  # (B, T_m), -1 on padding
+        if chosen.shape != true_anchor.shape:
+            raise ValueError(f"true_anchor {tuple(true_anchor.shape)} does not match the plan's {tuple(chosen.shape)}")
+        counted = (true_anchor >= 0) & (chosen >= 0)
+        gap = (chosen - true_anchor).abs()
+        exact, near = (gap == 0) & counted, (gap <= 1) & counted
+        return torch.stack([exact.sum(), near.sum(), counted.sum()]).float()
+    plan = alignment.plan  # (B, T_m, T_l)
+    if plan.shape[:2] != true_anchor.shape:
+        raise ValueError(f"true_anchor {tuple(true_anchor.shape)} does not match the plan's {tuple(plan.shape[:2])}")
+    mass = plan.sum(-1)  # (B, T_m)
+    counted = (true_anchor >= 0) & (mass > 0)
+    share = plan / mass.clamp_min(torch.finfo(plan.dtype).tiny)[:, :, None]
+    steps = torch.arange(plan.shape[2], device=plan.device)
+    gap = (steps[None, None, :] - true_anchor[:, :, None]).abs()  # (B, T_m, T_l)
+    exact = (share * (gap == 0)).sum(-1)[counted].sum()
+    near = (share * (gap <= 1)).sum(-1)[counted].sum()
+    return torch.stack([exact, near, counted.sum().to(plan.dtype)]).float()
 
 
 def mmd2(
@@ -301,28 +512,29 @@ def mmd2(
 
 
 def alignment_loss(
-    aligned_a: Optional[Tensor],
-    aligned_v: Optional[Tensor],
+    aligned: Mapping[str, Tensor],
     language: Tensor,
     lang_mask: Optional[Tensor] = None,
     sigmas: SigmaSpec = (1.0,),
+    present: Optional[Mapping[str, Tensor]] = None,
 ) -> Tensor:
-    """``L_align = MMD²(X̃_v, X_l) + MMD²(X̃_a, X_l)``, a scalar.
+    """``L_align = Σ_m MMD²(X̃_m, X_l)`` (the paper's ``MMD²(X̃_v, X_l) + MMD²(X̃_a, X_l)``), a scalar.
 
-    ``aligned_a`` / ``aligned_v``: (B, T_l, d) outputs of the OT alignment, living on the
+    ``aligned``: modality name -> (B, T_l, d) output of the local alignment, living on the
     language steps, so ``lang_mask`` (B, T_l) masks them as well as ``language`` (B, T_l, d).
-    ``None`` drops that term (ablations without a modality). The mean runs over the samples with
-    at least one valid language token (so the scale does not depend on how many samples lack
-    language); 0 when there is none.
+    A modality left out (ablations) has no term. ``present``: modality name -> (B,) bool, which
+    samples have that modality (missing-modality protocols); each term is the mean of its
+    per-sample MMD² over the samples that have both the modality and language (so its scale does
+    not depend on how many lack one), 0 when there are none.
     """
     lang_mask = _mask(lang_mask, language)
-    per_sample = language.new_zeros(language.shape[0], dtype=torch.promote_types(
-        language.dtype, torch.float32))  # (B,)
-    for aligned in (aligned_v, aligned_a):
-        if aligned is not None:
-            per_sample = per_sample + mmd2(aligned, language, lang_mask, lang_mask, sigmas)
     has_language = lang_mask.any(1)  # (B,)
-    return per_sample.sum() / has_language.sum().clamp_min(1)
+    total = language.new_zeros((), dtype=torch.promote_types(language.dtype, torch.float32))
+    for name, x in aligned.items():
+        both = has_language if present is None or name not in present else has_language & present[name].bool()
+        per_sample = mmd2(x, language, lang_mask, lang_mask, sigmas)  # (B,)
+        total = total + (per_sample * both).sum() / both.sum().clamp_min(1)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +571,50 @@ def _prepare(
     source = source.masked_fill(~source_mask[:, :, None], 0.0)
     anchor = anchor.masked_fill(~anchor_mask[:, :, None], 0.0)
     return source, anchor, source_mask, anchor_mask
+
+
+def position_gap(source_mask: Tensor, anchor_mask: Tensor, start: int = 0, rows: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """δ (B, rows, T_l): for source steps [start, start+rows), the distance in anchor steps
+    between anchor step j and the time-proportional position of the source step,
+    ``δ(i, j) = (r_i + ½)·n_l/n_m − (q_j + ½)``, with r_i and q_j the ranks of i and j among the
+    valid steps and n_m, n_l the true lengths. 0 on padding (the callers mask it anyway)."""
+    rows = source_mask.shape[1] - start if rows is None else rows
+    n_m = source_mask.sum(1, keepdim=True).clamp_min(1).to(dtype)             # (B, 1)
+    n_l = anchor_mask.sum(1, keepdim=True).clamp_min(1).to(dtype)             # (B, 1)
+    src_rank = (source_mask.long().cumsum(1) - 1).clamp_min(0)[:, start:start + rows].to(dtype)
+    anc_rank = (anchor_mask.long().cumsum(1) - 1).clamp_min(0).to(dtype)      # (B, T_l)
+    expected = (src_rank + 0.5) * n_l / n_m                                    # (B, rows)
+    gap = expected[:, :, None] - (anc_rank + 0.5)[:, None, :]                  # (B, rows, T_l)
+    valid = source_mask[:, start:start + rows, None] & anchor_mask[:, None, :]
+    return gap * valid
+
+
+def _prior_weight(position_prior: float | Tensor) -> Optional[Tensor | float]:
+    """β of the position prior, or None when it is off (0)."""
+    if torch.is_tensor(position_prior):
+        if position_prior.dim() != 0 or not bool(position_prior.detach() >= 0):
+            raise ValueError("position_prior must be a non-negative scalar")
+        return position_prior
+    if not (position_prior >= 0 and math.isfinite(position_prior)):
+        raise ValueError(f"position_prior must be >= 0, got {position_prior}")
+    return float(position_prior) if position_prior > 0 else None
+
+
+def _check_reduce(reduce: str) -> str:
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    return reduce
+
+
+def _values(values: Optional[Tensor], source: Tensor, source_mask: Tensor) -> Tensor:
+    """What a plan transports: ``values`` (B, T_m, d_v) with padding zeroed, or ``source``."""
+    if values is None:
+        return source
+    if values.dim() != 3 or values.shape[:2] != source.shape[:2]:
+        raise ValueError(f"values must be (B, T_m, d_v) like source's {tuple(source.shape[:2])}, got "
+                         f"{tuple(values.shape)}")
+    return values.masked_fill(~source_mask[:, :, None], 0.0)
 
 
 def _unit(x: Tensor) -> Tensor:

@@ -357,9 +357,13 @@ def test_alignment_loss_composes_mmd_terms():
     v = torch.randn(3, 6, 4, generator=g) + 1.0
     lm = _lengths_mask([6, 3, 0], 6)  # sample 2 has no language: excluded from the mean
     per = mmd2(v, lang, lm, lm, "median") + mmd2(a, lang, lm, lm, "median")
-    torch.testing.assert_close(alignment_loss(a, v, lang, lm, "median"), per[:2].mean())
-    torch.testing.assert_close(alignment_loss(None, v, lang, lm, 1.0),
+    torch.testing.assert_close(alignment_loss({"audio": a, "vision": v}, lang, lm, "median"), per[:2].mean())
+    torch.testing.assert_close(alignment_loss({"vision": v}, lang, lm, 1.0),
                                mmd2(v, lang, lm, lm, 1.0)[:2].mean())
+    # each term averages over the samples that have both its modality and language
+    present = {"audio": torch.tensor([True, False, True]), "vision": torch.ones(3, dtype=torch.bool)}
+    torch.testing.assert_close(alignment_loss({"audio": a, "vision": v}, lang, lm, 1.0, present),
+                               mmd2(a, lang, lm, lm, 1.0)[0] + mmd2(v, lang, lm, lm, 1.0)[:2].mean())
 
 
 def test_end_to_end_alignment_loss_backward():
@@ -369,7 +373,7 @@ def test_end_to_end_alignment_loss_backward():
     lang = torch.randn(2, 5, 8, generator=g, requires_grad=True)
     am, lm = _lengths_mask([30, 12], 30), _lengths_mask([5, 4], 5)
     aligned = relaxed_ot_align(audio, lang, am, lm, block_size=7, rescale=True).aligned
-    loss = alignment_loss(aligned, None, lang, lm, sigmas="median")
+    loss = alignment_loss({"audio": aligned}, lang, lm, sigmas="median")
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert audio.grad[am].abs().sum() > 0 and (audio.grad[~am] == 0).all()
@@ -387,3 +391,169 @@ def test_autocast_does_not_lower_precision():
         auto_mmd = mmd2(source, anchor + 0.1, sigmas="median")
     assert auto_mmd.dtype == torch.float32
     torch.testing.assert_close(auto_mmd, plain_mmd)
+
+
+# ------------------------------------------------------------------ our options on the plans
+
+
+def _brute_force_gap(source_mask, anchor_mask):
+    """δ(i, j) by loops: (rank_i + ½)·n_l/n_m − (rank_j + ½) over valid steps, 0 elsewhere."""
+    b, t_m = source_mask.shape
+    t_l = anchor_mask.shape[1]
+    gap = torch.zeros(b, t_m, t_l)
+    for bi in range(b):
+        src = [i for i in range(t_m) if source_mask[bi, i]]
+        anc = [j for j in range(t_l) if anchor_mask[bi, j]]
+        for r, i in enumerate(src):
+            for q, j in enumerate(anc):
+                gap[bi, i, j] = (r + 0.5) * len(anc) / len(src) - (q + 0.5)
+    return gap
+
+
+def test_position_gap_matches_loops_and_blocks():
+    _, _, sm, am = _random_case(seed=21)
+    sm[1, 2] = False  # a hole inside the sequence: ranks skip it
+    full = alignment_module.position_gap(sm, am)
+    torch.testing.assert_close(full, _brute_force_gap(sm, am))
+    torch.testing.assert_close(alignment_module.position_gap(sm, am, 4, 3), full[:, 4:7])
+
+
+def test_strong_position_prior_makes_ot_follow_time():
+    """β → ∞: every source step goes to the anchor step nearest its time-proportional position."""
+    # lengths chosen so that no source step lies exactly halfway between two anchor steps
+    source, anchor, sm, am = _random_case(seed=22, src_len=(10, 8, 1), anc_len=(6, 3, 3))
+    out = relaxed_ot_align(source, anchor, sm, am, position_prior=1e6, block_size=4)
+    nearest = _brute_force_gap(sm, am).abs().masked_fill(~am[:, None, :], math.inf).argmin(-1)
+    assert torch.equal(out.assignment[sm], nearest[sm])
+    # and with β = 0 it is the paper's plan
+    torch.testing.assert_close(relaxed_ot_align(source, anchor, sm, am, position_prior=0.0).dense_plan(),
+                               _brute_force_plan(source, anchor, sm, am))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_values_are_transported_and_mean_reduce_averages_them(soft):
+    source, anchor, sm, am = _random_case(seed=23)
+    values = torch.randn(*source.shape[:2], 2, dtype=D64)
+    align = (lambda **k: soft_ot_align(source, anchor, sm, am, temperature=0.3, **k)) if soft else \
+        (lambda **k: relaxed_ot_align(source, anchor, sm, am, **k))
+    summed, mean = align(values=values), align(values=values, reduce="mean")
+    plan = summed.dense_plan()                                   # same plan: the cost ignores values
+    torch.testing.assert_close(summed.aligned, plan.mT @ values.masked_fill(~sm[..., None], 0.0))
+    received = plan.sum(1)                                       # (B, T_l) mass per anchor step
+    expected = (plan.mT @ values.masked_fill(~sm[..., None], 0.0)) / received.clamp_min(1e-300)[..., None]
+    torch.testing.assert_close(mean.aligned, expected.masked_fill(received[..., None] == 0, 0.0))
+    assert torch.equal(mean.scale, torch.ones_like(mean.scale))
+    with pytest.raises(ValueError, match="reduce"):
+        align(reduce="max")
+
+
+def test_relaxed_plan_takes_any_score():
+    """relaxed_plan is the argmax of whatever scores it is given (here a fixed random table)."""
+    _, _, sm, am = _random_case(seed=24)
+    table = torch.randn(sm.shape[0], sm.shape[1], am.shape[1])
+    values = torch.randn(*sm.shape, 3)
+    out = alignment_module.relaxed_plan(lambda start, rows, blocked: table[:, start:start + rows] + blocked,
+                                        values, sm, am, block_size=2)
+    assert torch.equal(out.assignment[sm], table.masked_fill(~am[:, None, :], -math.inf).argmax(-1)[sm])
+    assert (out.assignment[~sm] == -1).all()
+
+
+def test_plan_hits_counts_hard_and_soft_plans():
+    truth = torch.tensor([[1, 2, -1, 3, 3], [0, 0, 1, -1, -1]])
+    assignment = torch.tensor([[1, 3, 2, 1, 3], [0, 2, 1, -1, -1]])   # -1: padded source steps
+    mass = (assignment >= 0).double() / (assignment >= 0).sum(1, keepdim=True)
+    hard = OTAlignment(aligned=torch.zeros(2, 4, 1), scale=torch.ones(2), assignment=assignment, mass=mass)
+    # counted: truth >= 0 and valid -> 4 + 3 = 7; exact: (1,-,-,-,3) 2 + (0,-,1) 2 = 4; within 1: +(2 vs 3),(3 vs 1 no),(2 vs 0 no) = 5
+    assert alignment_module.plan_hits(hard, truth).tolist() == [4.0, 5.0, 7.0]
+    dense = torch.zeros(1, 2, 4)
+    dense[0, 0] = torch.tensor([0.5, 0.25, 0.25, 0.0]) * 0.5   # rows keep their mass 1/T_m
+    dense[0, 1] = torch.tensor([0.0, 0.0, 0.0, 1.0]) * 0.5
+    soft = OTAlignment(aligned=torch.zeros(1, 4, 1), scale=torch.ones(1), plan=dense)
+    hits = alignment_module.plan_hits(soft, torch.tensor([[1, 1]]))
+    torch.testing.assert_close(hits, torch.tensor([0.25 + 0.0, 1.0 + 0.0, 2.0]))
+    with pytest.raises(ValueError, match="does not match"):
+        alignment_module.plan_hits(hard, truth[:, :3])
+
+
+# ------------------------------------------------------------------ the learned likelihood cost
+
+
+def _toy_speech(n=96, t_l=8, t_m=40, d=4, seed=0):
+    """Utterances of random words with freely varying durations; each frame is a noisy copy of its
+    word's signature, which the word's features predict linearly. -> words, frames, masks, truth."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = torch.randn(30, 6, generator=g)                        # word features
+    mix = torch.randn(6, d, generator=g)                           # features -> frame signature
+    ids = torch.randint(0, 30, (n, t_l), generator=g)
+    words = vocab[ids] + 0.1 * torch.randn(n, t_l, 6, generator=g)
+    durations = torch.distributions.Gamma(1.5, 1.0).sample((n, t_l)) + 0.2
+    bounds = durations.cumsum(1) / durations.sum(1, keepdim=True) * t_m
+    truth = (torch.arange(t_m)[None, :, None] + 0.5 >= bounds[:, None, :]).sum(-1).clamp_max(t_l - 1)
+    frames = (vocab[ids] @ mix).gather(1, truth[..., None].expand(-1, -1, d))
+    frames = frames + 0.8 * torch.randn(n, t_m, d, generator=g) + torch.randn(n, 1, d, generator=g)
+    return words, frames, torch.ones(n, t_m, dtype=torch.bool), torch.ones(n, t_l, dtype=torch.bool), truth
+
+
+def test_likelihood_cost_learns_an_alignment_without_labels():
+    """Trained only on its mixture likelihood, the cost aligns frames to words far better than the
+    time-proportional plan; untrained it does not. (No true alignment is used for training.)"""
+    torch.manual_seed(0)
+    words, frames, fm, wm, truth = _toy_speech()
+    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4, position_prior=0.05)
+
+    def accuracy():
+        model.eval()
+        with torch.no_grad():
+            obs = model.observations(frames, fm)
+            plan = alignment_module.relaxed_plan(model.scores(obs, fm, words, wm), frames, fm, wm)
+        exact, _, count = alignment_module.plan_hits(plan, truth)
+        return float(exact / count)
+
+    time_plan = alignment_module.uniform_align(frames, fm, wm)
+    exact, _, count = alignment_module.plan_hits(time_plan, truth)
+    time_accuracy = float(exact / count)
+    before = accuracy()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(150):
+        model.train()
+        loss = model.nll(model.observations(frames, fm), fm, words, wm)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = accuracy()
+    assert before < time_accuracy + 0.05
+    assert after > max(time_accuracy, before) + 0.25, (before, time_accuracy, after)
+
+
+def test_likelihood_scores_are_the_log_posterior_and_nll_the_mixture_likelihood():
+    torch.manual_seed(1)
+    words, frames, fm, wm, _ = _toy_speech(n=3, t_l=5, t_m=9)
+    fm[1, 6:] = False
+    wm[2, 3:] = False
+    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4).eval()
+    with torch.no_grad():
+        model.log_spread.uniform_(-0.5, 0.5)
+    obs = model.observations(frames, fm)
+    blocked = torch.zeros(3, 1, 5).masked_fill(~wm[:, None, :], -math.inf)
+    scores = model.scores(obs, fm, words, wm)(0, 9, blocked)
+    # by hand: Gaussian log density per word, plus the normalised position prior
+    mean, spread = model.read(words), model.log_spread.exp()
+    log_p = torch.distributions.Normal(mean[:, None], spread).log_prob(obs[:, :, None]).sum(-1)  # (B, T_m, T_l)
+    prior = (-model.position_prior * alignment_module.position_gap(fm, wm).square()).masked_fill(~wm[:, None], -math.inf)
+    joint = log_p + torch.log_softmax(prior, -1)
+    torch.testing.assert_close(scores.masked_fill(~wm[:, None], 0.0), joint.masked_fill(~wm[:, None], 0.0))
+    expected = -torch.logsumexp(joint, -1)[fm].mean() / 4
+    torch.testing.assert_close(model.nll(obs, fm, words, wm), expected)
+
+
+def test_likelihood_observations_are_centred_and_batch_independent_at_inference():
+    words, frames, fm, wm, _ = _toy_speech(n=6)
+    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4)
+    model.observations(frames + 5.0, fm)                                      # one training batch
+    model.eval()
+    obs = model.observations(frames, fm)
+    torch.testing.assert_close(obs.mean(1), torch.zeros(6, 4), atol=1e-5, rtol=0)   # per-utterance centring
+    alone = model.observations(frames[:1], fm[:1])
+    torch.testing.assert_close(alone, obs[:1])
+    with pytest.raises(ValueError):
+        alignment_module.FrameWordLikelihood(6, 4, position_prior=0.0)
