@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "relaxed_plan", "soft_plan",
-           "FrameWordLikelihood", "position_gap", "plan_hits", "mmd2", "alignment_loss"]
+           "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2", "alignment_loss"]
 
 #: ``sigmas`` of :func:`mmd2`: one bandwidth, several (their kernels are averaged), or "median".
 SigmaSpec = Union[float, Sequence[float], str]
@@ -333,44 +333,109 @@ def _soft_transport(plan: Tensor, values: Tensor, anchor_mask: Tensor, rescale: 
     return OTAlignment(aligned=aligned, scale=scale, plan=plan)
 
 
-class FrameWordLikelihood(nn.Module):
-    """A learned cost for relaxed OT (ours, not the paper's): ``C(i, j) = −log p(x_i | word j)
-    − log π(j | i)``, the negative log posterior of "frame i is spoken in word j".
+def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
+                       skip: float = 0.05) -> Tuple[Tensor, Tensor]:
+    """Forward-backward over a left-to-right chain of words (ours): the alignment of speech, where
+    words are spoken in order, each for a while.
 
-    Why: the paper's cost, ``1 − cos`` between encoded frames and words, is only meaningful if
-    the encoders already map a frame and its word to similar vectors, and nothing trains them to:
-    the argmin passes no gradient, and the task loss cannot say which frame belongs to which word.
-    This cost is a small alignment model that learns from the data alone (no true alignments),
-    like IBM Model 2 or an HMM-free forced aligner:
+    ``log_emit`` (B, T_m, T_l): log p(frame i | word j); ``frame_mask`` (B, T_m) and
+    ``word_mask`` (B, T_l): valid steps, each a prefix (padding at the end). The chain starts in
+    the first valid word (or, with probability ``skip``, the second) and ends in the last; at each
+    frame it stays, moves to the next word, or (probability ``skip`` of a move) skips one word,
+    which lets a word with no frame of its own pass. The chance to move is set per sample so that
+    the expected number of moves over the frames covers the words: geometric word durations
+    around n_m / n_l frames. Where the last word cannot be reached (fewer than half as many
+    frames as words), the chain may end anywhere.
 
-    * each word j predicts the frames spoken in it: a Gaussian with mean ``read(h_j)`` (h_j the
-      word's encoded features, (B, T_l, d_model)) and a learned diagonal spread, over the
-      source's raw frames centred per utterance (speaker and channel offsets) and scaled per
-      feature by running statistics (as batch norm keeps them; so a sample's plan does not
-      depend on the rest of its batch at inference);
-    * the prior ``π(j | i) ∝ exp(−β·δ(i, j)²)`` (:func:`position_gap`, β learned) favours words
-      near the frame's time-proportional position: speech is monotone in time;
-    * :meth:`nll` is ``−mean_i log Σ_j π(j|i) p(x_i|j)`` per feature, the mixture likelihood
-      of each frame. The mixture weights do not look at the frame, so a word can only raise
-      it by predicting the frames that really belong to it.
+    Returns ``(log_lik, log_post)``: (B,) log p(frames) and (B, T_m, T_l) log posteriors
+    log p(frame i in word j | all frames), −inf where impossible and on padding. The gradient of
+    ``log_lik`` with respect to ``log_emit`` is the posterior, computed here directly (the
+    forward-backward identity) instead of by autograd through T_m steps.
+    """
+    return _MonotoneForwardBackward.apply(log_emit, frame_mask, word_mask, float(skip))
 
-    The posterior's argmax over words is the relaxed-OT plan (:meth:`scores` for
-    :func:`relaxed_plan` / :func:`soft_plan`).
+
+class _MonotoneForwardBackward(torch.autograd.Function):
+    # Hand-written backward: autograd through a Python loop of T_m steps would record ~10 ops per
+    # step; the forward-backward recursions give the exact gradient (the posterior) in two passes.
+
+    @staticmethod
+    def forward(ctx, log_emit, frame_mask, word_mask, skip):
+        with torch.no_grad():
+            log_lik, log_post = _forward_backward(log_emit.detach(), frame_mask, word_mask, skip)
+        ctx.save_for_backward(log_post)
+        ctx.mark_non_differentiable(log_post)
+        return log_lik, log_post
+
+    @staticmethod
+    def backward(ctx, grad_log_lik, _grad_post):
+        (log_post,) = ctx.saved_tensors
+        return log_post.exp() * grad_log_lik[:, None, None], None, None, None
+
+
+def _forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, skip: float) -> Tuple[Tensor, Tensor]:
+    dtype = torch.promote_types(log_emit.dtype, torch.float32)
+    batch, t_m, t_l = log_emit.shape
+    neg = float("-inf")
+    emit = log_emit.to(dtype).masked_fill(~word_mask[:, None, :], neg)            # (B, T_m, T_l)
+    n_m = frame_mask.sum(1).clamp_min(1)                                           # (B,)
+    n_l = word_mask.sum(1).clamp_min(1)
+    advance = ((n_l - 1).to(dtype) / (n_m - 1).clamp_min(1).to(dtype) / (1 + skip)).clamp(1e-4, 0.95)[:, None]
+    log_stay, log_move, log_skip = torch.log1p(-advance), torch.log(advance * (1 - skip)), torch.log(advance * skip)
+
+    def shifted(x, k):  # x[:, j - k] at j (−inf where j < k)
+        return torch.cat([x.new_full((batch, k), neg), x[:, :-k]], 1) if k < t_l else x.new_full(x.shape, neg)
+
+    alpha = emit.new_full((batch, t_m, t_l), neg)
+    start = emit.new_full((batch, t_l), neg)
+    start[:, 0] = math.log(1 - skip)
+    if t_l > 1:
+        start[:, 1] = math.log(skip)
+    alpha[:, 0] = start + emit[:, 0]
+    for t in range(1, t_m):
+        prev = alpha[:, t - 1]
+        step = torch.logaddexp(torch.logaddexp(prev + log_stay, shifted(prev, 1) + log_move),
+                               shifted(prev, 2) + log_skip) + emit[:, t]
+        alpha[:, t] = torch.where(frame_mask[:, t, None], step, prev)              # padding: carry
+    last = torch.arange(batch, device=emit.device)
+    final = alpha[last, n_m - 1]                                                   # (B, T_l)
+    reachable = (n_l - 1) <= 2 * (n_m - 1) + 1                                     # skips move two words
+    end = torch.where(reachable[:, None], F.one_hot(n_l - 1, t_l).bool(), word_mask)
+    end_log = torch.zeros_like(final).masked_fill(~end, neg)
+    log_lik = torch.logsumexp(final + end_log, dim=1)                              # (B,)
+
+    beta = emit.new_full((batch, t_m, t_l), neg)
+    beta[last, n_m - 1] = end_log
+    for t in range(t_m - 2, -1, -1):
+        nxt = beta[:, t + 1] + emit[:, t + 1]                                      # (B, T_l)
+        back = lambda x, k: torch.cat([x[:, k:], x.new_full((batch, k), neg)], 1) if k < t_l \
+            else x.new_full(x.shape, neg)                                         # x[:, j + k] at j
+        step = torch.logaddexp(torch.logaddexp(nxt + log_stay, back(nxt, 1) + log_move), back(nxt, 2) + log_skip)
+        beta[:, t] = torch.where((t < n_m - 1)[:, None], step, beta[:, t])
+    log_post = (alpha + beta - log_lik[:, None, None]).masked_fill(~frame_mask[:, :, None], neg)
+    return log_lik.to(log_emit.dtype), log_post.to(log_emit.dtype)
+
+
+class FrameEmission(nn.Module):
+    """How one source modality's frames look in each word: ``log p(x_i | word j)``.
+
+    Each word j predicts the frames spoken in it: a Gaussian with mean ``read(h_j)`` (h_j the
+    word's encoded features, d_model wide) and a learned diagonal spread, over the source's raw
+    frames centred per utterance (which removes speaker and channel offsets) and scaled per
+    feature by running statistics (as batch norm keeps them, so that at inference a sample's
+    plan does not depend on the rest of its batch).
     """
 
-    def __init__(self, d_model: int, d_frame: int, position_prior: float = 0.05):
+    def __init__(self, d_model: int, d_frame: int):
         super().__init__()
-        if not position_prior > 0:
-            raise ValueError(f"position_prior must be > 0 (it is learned in log space), got {position_prior}")
         self.read = nn.Linear(d_model, d_frame)                    # word features -> expected frame
         self.log_spread = nn.Parameter(torch.zeros(d_frame))       # per-feature log std of frames
-        self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
         # running per-feature scale, a cumulative average (the raw inputs do not drift)
         self.norm = nn.BatchNorm1d(d_frame, affine=False, momentum=None)
 
     @property
-    def position_prior(self) -> Tensor:
-        return self.log_beta.exp()
+    def width(self) -> int:
+        return self.read.out_features
 
     def observations(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """(B, T_m, d_frame) raw frames -> centred per utterance, scaled per feature; padding 0.
@@ -385,38 +450,123 @@ class FrameWordLikelihood(nn.Module):
             out[frame_mask] = F.batch_norm(valid, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
         return out
 
-    def log_prior(self, frame_mask: Tensor, word_mask: Tensor, start: int = 0, rows: Optional[int] = None) -> Tensor:
-        """log π(j | i) for frames [start, start+rows): (B, rows, T_l), normalised over valid words."""
-        gap = position_gap(frame_mask, word_mask, start, rows, self.log_beta.dtype)
-        logits = (-self.position_prior * gap.square()).masked_fill(~word_mask[:, None, :], float("-inf"))
-        return torch.log_softmax(logits, dim=-1)
-
-    def log_likelihood(self, obs: Tensor, words: Tensor, start: int = 0, rows: Optional[int] = None) -> Tensor:
-        """log p(x_i | word j) for frames [start, start+rows): (B, rows, T_l). As matrix products:
+    def log_likelihood(self, obs: Tensor, words: Tensor) -> Tensor:
+        """log p(x_i | word j), (B, T_m, T_l). As matrix products:
         −½ Σ_d (x_d − μ_jd)²/s_d² = −½ [x²/s² · 1 − 2 (x/s²)·μ_j + μ_j²/s² · 1]."""
-        x = obs[:, start:] if rows is None else obs[:, start:start + rows]   # (B, rows, d)
-        mean = self.read(words)                                               # (B, T_l, d)
-        inv_var = torch.exp(-2 * self.log_spread)                             # (d,)
-        quad = ((x.square() * inv_var).sum(-1, keepdim=True)                  # (B, rows, 1)
-                - 2 * (x * inv_var) @ mean.transpose(1, 2)                    # (B, rows, T_l)
-                + (mean.square() * inv_var).sum(-1)[:, None, :])              # (B, 1, T_l)
-        return -0.5 * quad - self.log_spread.sum() - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+        mean = self.read(words)                                                # (B, T_l, d)
+        inv_var = torch.exp(-2 * self.log_spread)                              # (d,)
+        quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, T_m, 1)
+                - 2 * (obs * inv_var) @ mean.transpose(1, 2)                   # (B, T_m, T_l)
+                + (mean.square() * inv_var).sum(-1)[:, None, :])               # (B, 1, T_l)
+        return -0.5 * quad - self.log_spread.sum() - 0.5 * obs.shape[-1] * math.log(2 * math.pi)
 
-    def scores(self, obs: Tensor, frame_mask: Tensor, words: Tensor, word_mask: Tensor) -> ScoreBlock:
-        """log p(x_i | j) + log π(j | i), blockwise, for :func:`relaxed_plan` and :func:`soft_plan`
-        (their softmax over j is the posterior p(j | x_i))."""
+
+class WordAligner(nn.Module):
+    """A learned cost for relaxed OT (ours, not the paper's): ``C(i, j) = −log p(frame i of a
+    source is spoken in word j | frames, words)``, the negative log posterior of a small
+    alignment model learned from the data alone (no true alignments).
+
+    Why: the paper's cost, ``1 − cos`` between encoded frames and words, is only meaningful if
+    the encoders already map a frame and its word to similar vectors, and nothing trains them to:
+    the argmin passes no gradient, and the task loss cannot say which frame belongs to which
+    word. This model learns the alignment the way speech forced aligners and IBM-style translation
+    models do: each word predicts its frames (:class:`FrameEmission`, one per source), and the
+    model is trained by maximising the likelihood of the frames (:meth:`fit`, :meth:`nll`),
+    which a word can only raise by predicting the frames that really belong to it. Structures:
+
+    * ``"monotone"``: words are spoken in order, each for a while, and every source records the
+      same speech on one clock (frame k of n_m sits at relative time (k + ½)/n_m). One
+      left-to-right chain over the words (:func:`monotone_alignment`) runs on a common grid of
+      max(n_m) steps per sample, whose step g collects the log-likelihood of the frame of each
+      source at that time, weighted n_m/G so every frame counts once; a frame's posterior is its
+      grid step's. Audio and vision thus pool their evidence on where each word starts and ends.
+    * ``"mixture"``: each frame on its own, a mixture over the words with a prior
+      ``π(j | i) ∝ exp(−β·δ(i, j)²)`` towards the time-proportional position (:func:`position_gap`,
+      β learned, starting at ``position_prior``).
+
+    The posterior's argmax over words is the relaxed-OT plan (:meth:`scores` for
+    :func:`relaxed_plan` / :func:`soft_plan`).
+    """
+
+    STRUCTURES = ("monotone", "mixture")
+
+    def __init__(self, d_model: int, frame_dims: Mapping[str, int], structure: str = "monotone",
+                 position_prior: float = 0.05, skip: float = 0.05):
+        super().__init__()
+        if structure not in self.STRUCTURES:
+            raise ValueError(f"structure must be one of {self.STRUCTURES}, got {structure!r}")
+        if not position_prior > 0:
+            raise ValueError(f"position_prior must be > 0 (it is learned in log space), got {position_prior}")
+        if not 0 < skip < 1:
+            raise ValueError(f"skip must be in (0, 1), got {skip}")
+        self.structure, self.skip = structure, skip
+        self.emissions = nn.ModuleDict({m: FrameEmission(d_model, d) for m, d in frame_dims.items()})
+        if structure == "mixture":
+            self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
+
+    def fit(self, frames: Mapping[str, Tuple[Tensor, Tensor]], words: Tensor, word_mask: Tensor,
+            present: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, dict]:
+        """``frames``: source -> (raw frames (B, T_m, d_m), mask (B, T_m)); ``words`` (B, T_l, d_model);
+        ``present``: source -> (B,) bool, which samples have it (default all).
+        -> (log_lik (B,): log p(the present sources' frames), {source: log posteriors (B, T_m, T_l),
+        −inf on padding and impossible pairs}). In training it updates the running statistics."""
+        emit, masks = {}, {}
+        for m, (x, mask) in frames.items():
+            keep = mask if present is None else mask & present[m][:, None]
+            emit[m] = self.emissions[m].log_likelihood(self.emissions[m].observations(x, keep), words)
+            masks[m] = keep
+        if self.structure == "mixture":
+            return self._mixture(emit, masks, word_mask)
+        return self._monotone(emit, masks, word_mask)
+
+    def _mixture(self, emit, masks, word_mask):
+        log_lik, posts = 0.0, {}
+        for m, e in emit.items():
+            gap = position_gap(masks[m], word_mask, dtype=e.dtype)
+            prior = torch.log_softmax((-self.log_beta.exp() * gap.square()).masked_fill(~word_mask[:, None, :], float("-inf")), -1)
+            joint = (e + prior).masked_fill(~word_mask[:, None, :], float("-inf"))
+            per_frame = torch.logsumexp(joint, dim=-1)                          # (B, T_m)
+            posts[m] = (joint - per_frame[..., None]).masked_fill(~masks[m][..., None], float("-inf"))
+            log_lik = log_lik + per_frame.masked_fill(~masks[m], 0.0).sum(1)
+        return log_lik, posts
+
+    def _monotone(self, emit, masks, word_mask):
+        counts = {m: mask.sum(1) for m, mask in masks.items()}                    # (B,) frames per source
+        n_grid = torch.stack(list(counts.values())).amax(0).clamp_min(1)          # (B,)
+        steps = int(n_grid.max())
+        grid_mask = torch.arange(steps, device=word_mask.device)[None, :] < n_grid[:, None]
+        g = torch.arange(steps, device=word_mask.device, dtype=torch.float64)[None, :] + 0.5   # (1, G)
+        grid_emit = 0.0
+        for m, e in emit.items():
+            n = counts[m].clamp_min(1)
+            frame = (g * n[:, None] / n_grid[:, None]).floor().long().clamp(max=e.shape[1] - 1)  # (B, G)
+            weight = (counts[m] / n_grid).to(e.dtype)[:, None, None]                  # 0 where absent
+            picked = e.gather(1, frame[..., None].expand(-1, -1, e.shape[2]))
+            grid_emit = grid_emit + weight * picked.masked_fill(weight == 0, 0.0)
+        log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip)
+        posts = {}
+        for m, e in emit.items():
+            k = torch.arange(e.shape[1], device=e.device, dtype=torch.float64)[None, :] + 0.5
+            step = (k * n_grid[:, None] / counts[m].clamp_min(1)[:, None]).floor().long().clamp(max=steps - 1)
+            posts[m] = grid_post.gather(1, step[..., None].expand(-1, -1, grid_post.shape[2])) \
+                .masked_fill(~masks[m][..., None], float("-inf"))
+        return log_lik, posts
+
+    def nll(self, log_lik: Tensor, frames: Mapping[str, Tuple[Tensor, Tensor]],
+            present: Optional[Mapping[str, Tensor]] = None, samples: Optional[Tensor] = None) -> Tensor:
+        """The training loss L_plan: −log p(frames) per frame and feature, over ``samples`` (B,) bool."""
+        samples = torch.ones_like(log_lik, dtype=torch.bool) if samples is None else samples
+        size = sum((mask & (samples if present is None else samples & present[m])[:, None]).sum()
+                   * self.emissions[m].width for m, (_, mask) in frames.items())
+        return -(log_lik * samples).sum() / max(int(size), 1)
+
+    @staticmethod
+    def scores(log_post: Tensor) -> ScoreBlock:
+        """The posteriors as blockwise scores for :func:`relaxed_plan` and :func:`soft_plan`."""
         def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
-            return (self.log_likelihood(obs, words, start, rows) + blocked_out
-                    + self.log_prior(frame_mask, word_mask, start, rows).masked_fill(~word_mask[:, None, :], 0.0))
+            # −inf only where impossible; a floor keeps a fully impossible row (padding) finite
+            return log_post[:, start:start + rows].clamp_min(-1e4) + blocked_out
         return block
-
-    def nll(self, obs: Tensor, frame_mask: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
-        """Mean over valid frames of ``−log Σ_j π(j|i) p(x_i|j)``, divided by the frame width: a scalar."""
-        joint = (self.log_likelihood(obs, words) + self.log_prior(frame_mask, word_mask)
-                 ).masked_fill(~word_mask[:, None, :], float("-inf"))         # (B, T_m, T_l)
-        per_frame = torch.logsumexp(joint, dim=-1)                            # (B, T_m)
-        count = frame_mask.sum().clamp_min(1)
-        return -(per_frame.masked_fill(~frame_mask, 0.0)).sum() / (count * obs.shape[-1])
 
 
 def plan_hits(alignment: OTAlignment, true_anchor: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 References are written independently of the module: explicit Python loops over float64 values.
 geomloss (a test dependency) is the external oracle for MMD²: SamplesLoss("gaussian") = ½·MMD².
 """
+import itertools
 import math
 
 import pytest
@@ -494,66 +495,166 @@ def _toy_speech(n=96, t_l=8, t_m=40, d=4, seed=0):
     return words, frames, torch.ones(n, t_m, dtype=torch.bool), torch.ones(n, t_l, dtype=torch.bool), truth
 
 
-def test_likelihood_cost_learns_an_alignment_without_labels():
-    """Trained only on its mixture likelihood, the cost aligns frames to words far better than the
-    time-proportional plan; untrained it does not. (No true alignment is used for training.)"""
+def _toy_audiovisual(n=96, seed=0):
+    """The toy utterances seen by two sources on one clock: 40 'audio' frames and 30 'vision'
+    frames of the same words, each a noisy copy of its word's signature in that source."""
+    words, audio, fm_a, wm, truth_a = _toy_speech(n=n, t_m=40, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    t_v = 30
+    frame_time = (torch.arange(t_v) + 0.5) / t_v * 40                      # vision frame k at audio time
+    truth_v = truth_a[:, frame_time.long()]
+    mix = torch.randn(6, 3, generator=g)
+    vision = (words @ mix).gather(1, truth_v[..., None].expand(-1, -1, 3)) + 0.8 * torch.randn(n, t_v, 3, generator=g)
+    return words, {"audio": (audio, fm_a), "vision": (vision, torch.ones(n, t_v, dtype=torch.bool))}, wm, \
+        {"audio": truth_a, "vision": truth_v}
+
+
+def _accuracy(aligner, words, frames, wm, truth):
+    aligner.eval()
+    with torch.no_grad():
+        _, posts = aligner.fit(frames, words, wm)
+    out = {}
+    for m, (x, mask) in frames.items():
+        plan = alignment_module.relaxed_plan(aligner.scores(posts[m]), x, mask, wm)
+        exact, _, count = alignment_module.plan_hits(plan, truth[m])
+        out[m] = float(exact / count)
+    return out
+
+
+@pytest.mark.parametrize("structure", ["monotone", "mixture"])
+def test_learned_cost_aligns_without_labels(structure):
+    """Trained only on the frames' likelihood, the cost aligns frames to words far better than the
+    time-proportional plan, and better than before training. (No true alignment is used.)"""
     torch.manual_seed(0)
-    words, frames, fm, wm, truth = _toy_speech()
-    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4, position_prior=0.05)
-
-    def accuracy():
-        model.eval()
-        with torch.no_grad():
-            obs = model.observations(frames, fm)
-            plan = alignment_module.relaxed_plan(model.scores(obs, fm, words, wm), frames, fm, wm)
-        exact, _, count = alignment_module.plan_hits(plan, truth)
-        return float(exact / count)
-
-    time_plan = alignment_module.uniform_align(frames, fm, wm)
-    exact, _, count = alignment_module.plan_hits(time_plan, truth)
-    time_accuracy = float(exact / count)
-    before = accuracy()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    words, frames, wm, truth = _toy_audiovisual()
+    aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}, structure)
+    time_accuracy = {m: float((lambda h: h[0] / h[2])(alignment_module.plan_hits(
+        alignment_module.uniform_align(x, mask, wm), truth[m]))) for m, (x, mask) in frames.items()}
+    before = _accuracy(aligner, words, frames, wm, truth)
+    optimizer = torch.optim.Adam(aligner.parameters(), lr=0.03)
     for _ in range(150):
-        model.train()
-        loss = model.nll(model.observations(frames, fm), fm, words, wm)
+        aligner.train()
+        log_lik, _ = aligner.fit(frames, words, wm)
+        loss = aligner.nll(log_lik, frames)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = accuracy()
-    assert before < time_accuracy + 0.05
-    assert after > max(time_accuracy, before) + 0.25, (before, time_accuracy, after)
+    after = _accuracy(aligner, words, frames, wm, truth)
+    for m in frames:
+        assert after[m] > time_accuracy[m] + 0.25 and after[m] > before[m] + 0.05, (m, before, time_accuracy, after)
 
 
-def test_likelihood_scores_are_the_log_posterior_and_nll_the_mixture_likelihood():
+def test_one_clock_lets_each_source_borrow_the_others_evidence():
+    """Monotone: vision frames that carry no signature at all are still aligned, through the audio
+    frames recorded at the same time; the mixture, frame by frame, cannot do that."""
+    torch.manual_seed(0)
+    words, frames, wm, truth = _toy_audiovisual(n=64)
+    frames["vision"] = (torch.randn_like(frames["vision"][0]), frames["vision"][1])   # pure noise
+    accuracy = {}
+    for structure in ("monotone", "mixture"):
+        aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}, structure)
+        optimizer = torch.optim.Adam(aligner.parameters(), lr=0.03)
+        for _ in range(100):
+            aligner.train()
+            loss = aligner.nll(aligner.fit(frames, words, wm)[0], frames)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        accuracy[structure] = _accuracy(aligner, words, frames, wm, truth)
+    time_vision = float((lambda h: h[0] / h[2])(alignment_module.plan_hits(
+        alignment_module.uniform_align(*frames["vision"], wm), truth["vision"])))
+    assert accuracy["monotone"]["vision"] > time_vision + 0.2, accuracy
+    assert accuracy["mixture"]["vision"] < time_vision + 0.1, accuracy
+
+
+def test_absent_source_adds_nothing_to_the_joint_likelihood():
+    words, frames, wm, _ = _toy_audiovisual(n=4)
+    aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}).eval()
+    present = {"audio": torch.tensor([True, True, False, False]), "vision": torch.ones(4, dtype=torch.bool)}
+    log_lik, posts = aligner.fit(frames, words, wm, present)
+    alone, _ = aligner.fit({"vision": frames["vision"]}, words, wm)
+    torch.testing.assert_close(log_lik[2:], alone[2:])
+    assert (posts["audio"][2:] == -math.inf).all()
+    vision_only = aligner.nll(log_lik, frames, present, torch.tensor([False, False, True, True]))
+    torch.testing.assert_close(vision_only, -alone[2:].sum() / (2 * 30 * 3))
+
+
+def test_mixture_posterior_and_likelihood_by_hand():
     torch.manual_seed(1)
     words, frames, fm, wm, _ = _toy_speech(n=3, t_l=5, t_m=9)
     fm[1, 6:] = False
     wm[2, 3:] = False
-    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4).eval()
+    aligner = alignment_module.WordAligner(6, {"audio": 4}, structure="mixture").eval()
+    emission = aligner.emissions["audio"]
     with torch.no_grad():
-        model.log_spread.uniform_(-0.5, 0.5)
-    obs = model.observations(frames, fm)
-    blocked = torch.zeros(3, 1, 5).masked_fill(~wm[:, None, :], -math.inf)
-    scores = model.scores(obs, fm, words, wm)(0, 9, blocked)
+        emission.log_spread.uniform_(-0.5, 0.5)
+    log_lik, posts = aligner.fit({"audio": (frames, fm)}, words, wm)
     # by hand: Gaussian log density per word, plus the normalised position prior
-    mean, spread = model.read(words), model.log_spread.exp()
+    obs = emission.observations(frames, fm)
+    mean, spread = emission.read(words), emission.log_spread.exp()
     log_p = torch.distributions.Normal(mean[:, None], spread).log_prob(obs[:, :, None]).sum(-1)  # (B, T_m, T_l)
-    prior = (-model.position_prior * alignment_module.position_gap(fm, wm).square()).masked_fill(~wm[:, None], -math.inf)
+    beta = aligner.log_beta.exp()
+    prior = (-beta * alignment_module.position_gap(fm, wm).square()).masked_fill(~wm[:, None], -math.inf)
     joint = log_p + torch.log_softmax(prior, -1)
-    torch.testing.assert_close(scores.masked_fill(~wm[:, None], 0.0), joint.masked_fill(~wm[:, None], 0.0))
-    expected = -torch.logsumexp(joint, -1)[fm].mean() / 4
-    torch.testing.assert_close(model.nll(obs, fm, words, wm), expected)
+    expected_post = (joint - torch.logsumexp(joint, -1, keepdim=True)).masked_fill(~wm[:, None], -math.inf)
+    torch.testing.assert_close(posts["audio"][fm], expected_post[fm], atol=1e-4, rtol=1e-5)  # float32 sums
+    torch.testing.assert_close(log_lik, (torch.logsumexp(joint, -1) * fm).sum(1))
+    frames_only = {"audio": (frames, fm)}
+    torch.testing.assert_close(aligner.nll(log_lik, frames_only), -log_lik.sum() / (fm.sum() * 4))
+    torch.testing.assert_close(aligner.nll(log_lik, frames_only, samples=torch.tensor([True, False, False])),
+                               -log_lik[0] / (9 * 4))
 
 
-def test_likelihood_observations_are_centred_and_batch_independent_at_inference():
+def _brute_force_chain(log_emit, n_m, n_l, skip):
+    """log p(frames) and posteriors by enumerating every path of the left-to-right chain."""
+    advance = min(max((n_l - 1) / max(n_m - 1, 1) / (1 + skip), 1e-4), 0.95)
+    log_step = {0: math.log(1 - advance), 1: math.log(advance * (1 - skip)), 2: math.log(advance * skip)}
+    paths = []
+    for path in itertools.product(range(n_l), repeat=n_m):
+        if path[0] > 1 or path[-1] != n_l - 1 or any(b - a not in log_step for a, b in zip(path, path[1:])):
+            continue
+        lp = math.log(skip if path[0] == 1 else 1 - skip) + sum(log_step[b - a] for a, b in zip(path, path[1:]))
+        paths.append((path, lp + sum(float(log_emit[t, j]) for t, j in enumerate(path))))
+    total = torch.logsumexp(torch.tensor([lp for _, lp in paths], dtype=D64), 0)
+    post = torch.zeros(n_m, n_l, dtype=D64)
+    for path, lp in paths:
+        for t, j in enumerate(path):
+            post[t, j] += math.exp(lp - float(total))
+    return float(total), post
+
+
+def test_monotone_alignment_matches_enumerated_paths_and_its_gradient_is_the_posterior():
+    g = torch.Generator().manual_seed(5)
+    log_emit = torch.randn(2, 6, 4, generator=g, dtype=D64)
+    fm, wm = _lengths_mask([6, 5], 6), _lengths_mask([4, 3], 4)
+    log_emit.requires_grad_(True)
+    log_lik, log_post = alignment_module.monotone_alignment(log_emit, fm, wm, skip=0.1)
+    for b, (n_m, n_l) in enumerate(((6, 4), (5, 3))):
+        total, post = _brute_force_chain(log_emit[b].detach(), n_m, n_l, 0.1)
+        assert float(log_lik[b].detach()) == pytest.approx(total, abs=1e-9)
+        torch.testing.assert_close(log_post[b, :n_m, :n_l].exp(), post)
+        assert (log_post[b, n_m:] == -math.inf).all() and (log_post[b, :, n_l:] == -math.inf).all()
+    assert torch.autograd.gradcheck(lambda x: alignment_module.monotone_alignment(x, fm, wm, 0.1)[0], (log_emit,))
+    grad, = torch.autograd.grad(log_lik.sum(), log_emit)
+    torch.testing.assert_close(grad, log_post.exp())
+
+
+def test_monotone_alignment_with_fewer_frames_than_half_the_words_stays_finite():
+    log_emit = torch.randn(1, 2, 6, dtype=D64)
+    log_lik, log_post = alignment_module.monotone_alignment(log_emit, torch.ones(1, 2, dtype=torch.bool),
+                                                            torch.ones(1, 6, dtype=torch.bool))
+    assert torch.isfinite(log_lik).all()
+    torch.testing.assert_close(log_post.exp().sum(-1), torch.ones(1, 2, dtype=D64))
+
+
+def test_emission_observations_are_centred_and_batch_independent_at_inference():
     words, frames, fm, wm, _ = _toy_speech(n=6)
-    model = alignment_module.FrameWordLikelihood(d_model=6, d_frame=4)
-    model.observations(frames + 5.0, fm)                                      # one training batch
-    model.eval()
-    obs = model.observations(frames, fm)
+    emission = alignment_module.FrameEmission(d_model=6, d_frame=4)
+    emission.observations(frames + 5.0, fm)                                      # one training batch
+    emission.eval()
+    obs = emission.observations(frames, fm)
     torch.testing.assert_close(obs.mean(1), torch.zeros(6, 4), atol=1e-5, rtol=0)   # per-utterance centring
-    alone = model.observations(frames[:1], fm[:1])
-    torch.testing.assert_close(alone, obs[:1])
-    with pytest.raises(ValueError):
-        alignment_module.FrameWordLikelihood(6, 4, position_prior=0.0)
+    torch.testing.assert_close(emission.observations(frames[:1], fm[:1]), obs[:1])
+    for bad in (dict(position_prior=0.0), dict(structure="hmm"), dict(skip=1.0)):
+        with pytest.raises(ValueError):
+            alignment_module.WordAligner(6, {"audio": 4}, **bad)
