@@ -19,18 +19,21 @@ dropped.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .alignment import mmd2, relaxed_ot_align, soft_ot_align, uniform_align
+from .alignment import (OTAlignment, WordAligner, alignment_loss, relaxed_ot_align, relaxed_plan, soft_ot_align,
+                        soft_plan, uniform_align)
 from .mamba import Mamba
 
 MODALITIES = ("text", "audio", "vision")
 LOCAL_ALIGNMENTS = ("ot", "soft_ot", "none")
 FUSIONS = ("interleave", "single_stream", "multi_stream")
+OT_COSTS = ("cosine", "monotone", "mixture")
 
 
 @dataclass
@@ -45,11 +48,19 @@ class AlignMambaConfig:
     dropout: float = 0.1
     local_alignment: str = "ot"       # "ot" (paper: relaxed OT), "soft_ot" (ours), "none" (time-proportional)
     ot_rescale: bool = True           # aligned = T_l·MᵀX (mean-like scale) instead of MᵀX (≈1/T_m scale)
-    ot_temperature: float = 0.1       # soft_ot only
+    ot_reduce: str = "mean"           # "mean" (ours): each word gets the mean of its frames; "sum": paper's MᵀX
+    ot_temperature: float = 0.1       # soft_ot with the cosine cost: softmax temperature over −cost
     ot_block_size: int = 1024         # source rows per block when computing the OT argmin
+    ot_cost: str = "monotone"         # "cosine" (paper: 1 − cos of encoded features), or ours: the −log posterior
+                                      # of a learned alignment model (alignment.WordAligner) trained by L_plan
+                                      # (weight plan_weight): "monotone" (words in order, audio and vision on
+                                      # one clock) or "mixture" (each frame on its own, position prior)
+    ot_position_prior: float = 0.0    # cosine cost: + β·δ², δ = distance in words from the time-proportional spot
+    likelihood_prior_init: float = 0.05  # mixture cost: starting β of its learned position prior
     global_alignment: bool = True     # MMD² between aligned audio/vision and text
     mmd_sigmas: tuple[float, ...] | str = (0.5, 1.0, 2.0)  # Gaussian bandwidths, or "median"
     fusion: str = "interleave"        # "interleave" (paper), "single_stream", "multi_stream"
+    final_norm: bool = False          # LayerNorm on every fused step before pooling (the first release did)
     modalities: tuple[str, ...] = MODALITIES  # drop one for the w/o-audio/vision/language ablations
     modality_dropout: float = 0.0     # training only: P(a sample's modality is treated as missing); ours
     use_bert: bool = False            # text is (B,3,T) token ids and a local BERT is fine-tuned
@@ -63,6 +74,11 @@ class AlignMambaConfig:
             self.mmd_sigmas = tuple(float(s) for s in self.mmd_sigmas)
         checks = [
             (self.local_alignment in LOCAL_ALIGNMENTS, f"local_alignment must be one of {LOCAL_ALIGNMENTS}"),
+            (self.ot_reduce in ("sum", "mean"), "ot_reduce must be 'sum' or 'mean'"),
+            (self.ot_cost in OT_COSTS, f"ot_cost must be one of {OT_COSTS}"),
+            (self.ot_temperature > 0, "ot_temperature must be > 0"),
+            (self.ot_position_prior >= 0, "ot_position_prior must be >= 0"),
+            (self.likelihood_prior_init > 0, "likelihood_prior_init must be > 0"),
             (self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"),
             (bool(self.modalities) and set(self.modalities) <= set(MODALITIES),
              f"modalities must be a non-empty subset of {MODALITIES}"),
@@ -96,10 +112,14 @@ class ResidualMamba(nn.Module):
 
 
 class MambaStack(nn.Module):
+    """n_layers residual Mamba blocks: (B, L, d) -> (B, L, d); optionally a LayerNorm per step at
+    the end (``final_norm``). Off by default: a per-step norm gives every step the same scale
+    before pooling, so a word with a strong cross-modal cue and a neutral word weigh alike."""
+
     def __init__(self, cfg: AlignMambaConfig):
         super().__init__()
         self.layers = nn.ModuleList(ResidualMamba(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm else nn.Identity()
 
     def forward(self, x):
         for layer in self.layers:
@@ -158,6 +178,11 @@ class AlignMamba(nn.Module):
             {m: SequenceEncoder(in_dims[m], d, kernels[m], cfg.dropout) for m in cfg.modalities})
         # A learned stand-in for a modality that the missing-modality protocol removed.
         self.missing_embedding = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in cfg.modalities})
+        # Ours: the learned alignment model behind the monotone / mixture cost, over every source.
+        sources = [m for m in cfg.modalities if m != "text"]
+        aligns = cfg.fusion == "interleave" and "text" in cfg.modalities and sources and cfg.local_alignment != "none"
+        self.aligner = WordAligner(d, {m: in_dims[m] for m in sources}, cfg.ot_cost, cfg.likelihood_prior_init) \
+            if aligns and cfg.ot_cost != "cosine" else None
         n_streams = len(cfg.modalities) if cfg.fusion == "multi_stream" else 1
         self.fusion = nn.ModuleList(MambaStack(cfg) for _ in range(n_streams))
         self.head = nn.Sequential(nn.Linear(d * n_streams, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, 1))
@@ -177,20 +202,26 @@ class AlignMamba(nn.Module):
         mask = text.abs().sum(-1) > 0
         return text, mask | ~mask.any(1, keepdim=True)
 
-    def _encode(self, text, audio, vision, audio_lengths, vision_lengths, modality_mask):
-        """Encode each used modality to (B, T_m, d) with its (B, T_m) mask and (B,) presence."""
+    def _raw_inputs(self, text, audio, vision, audio_lengths, vision_lengths):
+        """Each used modality's input (B, T_m, d_in), padding zeroed, and its (B, T_m) mask."""
         B, device = audio.shape[0], audio.device
         raw = {"audio": (audio, lengths_to_mask(audio_lengths, audio.shape[1], B, device)),
                "vision": (vision, lengths_to_mask(vision_lengths, vision.shape[1], B, device))}
         if "text" in self.cfg.modalities:
             raw["text"] = self._text_features(text)
-        present = presence(modality_mask, B, device)
+        dtype = next(self.parameters()).dtype
+        # Zero the padding first: the encoder's conv would otherwise carry padded frames
+        # into the last valid steps.
+        return {m: (raw[m][0].to(dtype).masked_fill(~raw[m][1][..., None], 0.0), raw[m][1])
+                for m in self.cfg.modalities}
+
+    def _encode(self, raw, modality_mask):
+        """Encode each used modality to (B, T_m, d) with its (B, T_m) mask and (B,) presence."""
+        x0 = next(iter(raw.values()))[0]
+        present = presence(modality_mask, x0.shape[0], x0.device)
         encoded = {}
-        for m in self.cfg.modalities:
-            x, mask = raw[m]
-            # Zero the padding first: the encoder's conv would otherwise carry padded frames
-            # into the last valid steps.
-            h = self.encoders[m](x.float().masked_fill(~mask[..., None], 0.0))  # (B, T_m, d)
+        for m, (x, mask) in raw.items():
+            h = self.encoders[m](x)                                             # (B, T_m, d)
             is_present = present[:, MODALITIES.index(m)]                        # (B,)
             h = torch.where(is_present[:, None, None], h, self.missing_embedding[m].expand_as(h))
             encoded[m] = (h, mask, is_present)
@@ -211,67 +242,121 @@ class AlignMamba(nn.Module):
         return kept | (present & ~candidates)
 
     # ---- alignment ----------------------------------------------------------------------
-    def _align(self, source, source_mask, anchor, anchor_mask, anchor_present):
-        """Align one source onto the anchor grid: (B, T_m, d) -> (B, T_l, d)."""
+    def _fit_alignment(self, raw, enc, present=None):
+        """The learned cost's alignment model on this batch: (log p(frames) (B,), source modality
+        -> log posteriors (B, T_m, T_l)), or None for the paper's cosine cost. Once per forward:
+        in training it updates the running feature statistics of the frames."""
+        if self.aligner is None:
+            return None
+        anchor, anchor_mask, _ = enc["text"]
+        return self.aligner.fit({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present)
+
+    def _plan(self, kind, m, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
+        """Plan ``kind`` ('ot', 'soft_ot', 'none') of source modality m onto the anchor grid;
+        it transports the encoded ``source`` (B, T_m, d) and returns it on (B, T_l, d).
+        ``log_post``: the learned cost's posteriors for m (see _fit_alignment)."""
         cfg = self.cfg
-        if cfg.local_alignment == "none" or not anchor_present.any():
-            return uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale).aligned
-        if cfg.local_alignment == "ot":
-            aligned = relaxed_ot_align(source, anchor, source_mask, anchor_mask,
-                                       block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
-        else:
-            aligned = soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=cfg.ot_temperature,
-                                    block_size=cfg.ot_block_size, rescale=cfg.ot_rescale).aligned
-        if anchor_present.all():
+        options = dict(rescale=cfg.ot_rescale, reduce=cfg.ot_reduce)
+        if kind == "none":
+            return uniform_align(source, source_mask, anchor_mask, **options)
+        if log_post is not None:  # relaxed OT on the learned cost −log posterior
+            plan = relaxed_plan if kind == "ot" else soft_plan
+            return plan(WordAligner.scores(log_post), source, source_mask, anchor_mask, cfg.ot_block_size, **options)
+        options.update(values=source, block_size=cfg.ot_block_size, position_prior=cfg.ot_position_prior)
+        if kind == "ot":
+            return relaxed_ot_align(source, anchor, source_mask, anchor_mask, **options)
+        return soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=cfg.ot_temperature, **options)
+
+    def _align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post=None):
+        """Align one source onto the anchor grid with the configured plan: (B, T_m, d) -> (B, T_l, d).
+        Samples without language fall back to the time-proportional plan."""
+        kind = self.cfg.local_alignment if anchor_present.any() else "none"
+        aligned = self._plan(kind, m, source, source_mask, anchor, anchor_mask, log_post).aligned
+        if kind == "none" or anchor_present.all():
             return aligned
-        fallback = uniform_align(source, source_mask, anchor_mask, rescale=cfg.ot_rescale).aligned
+        fallback = self._plan("none", m, source, source_mask, anchor, anchor_mask).aligned
         return torch.where(anchor_present[:, None, None], aligned, fallback)
+
+    @torch.no_grad()
+    def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None,
+                        **_unused) -> dict[str, dict[str, OTAlignment]]:
+        """Diagnostics: for each source modality, the three plans ('ot', 'soft_ot', 'none') onto
+        the language steps, computed with the model's current cost (complete data). Empty for
+        variants that do not align onto language."""
+        cfg = self.cfg
+        if cfg.fusion != "interleave" or "text" not in cfg.modalities or len(cfg.modalities) < 2:
+            return {}
+        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
+        enc = self._encode(raw, None)
+        fitted = self._fit_alignment(raw, enc)
+        posts = fitted[1] if fitted is not None else {}
+        anchor, anchor_mask, _ = enc["text"]
+        return {m: {kind: self._plan(kind, m, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
+                    for kind in LOCAL_ALIGNMENTS}
+                for m in cfg.modalities if m != "text"}
+
+    # ---- fusion -------------------------------------------------------------------------
+    def _fuse_multi_stream(self, enc):
+        """One Mamba per modality on its own unaligned sequence, pooled and fused late: (B, n·d)."""
+        pooled = [masked_mean(stack(enc[m][0]), enc[m][1]) for stack, m in zip(self.fusion, self.cfg.modalities)]
+        return torch.cat(pooled, dim=-1)
+
+    def _fuse_single_stream(self, enc):
+        """Modalities concatenated along time, unaligned: (B, ΣT_m, d) -> Mamba -> (B, d)."""
+        seq = torch.cat([enc[m][0] for m in self.cfg.modalities], dim=1)
+        mask = torch.cat([enc[m][1] for m in self.cfg.modalities], dim=1)
+        return masked_mean(self.fusion[0](seq), mask)
+
+    def _fuse_interleave(self, enc, raw):
+        """The paper's fusion: align audio/vision onto language, interleave, Mamba, pool.
+        -> fused (B, d), L_align (scalar), L_plan (scalar)."""
+        cfg = self.cfg
+        zero = next(iter(enc.values()))[0].new_zeros(())
+        # Anchor grid: language if used, else the first used modality's own time axis.
+        anchor_name = "text" if "text" in enc else cfg.modalities[0]
+        anchor, anchor_mask, anchor_present = enc[anchor_name]
+        if anchor_name != "text":  # no language anchor at all: the time-proportional plan
+            anchor_present = torch.zeros_like(anchor_present)
+        sources = [m for m in cfg.modalities if m != anchor_name]
+        present = {m: enc[m][2] & anchor_present for m in sources}    # has both the source and language
+        fitted = self._fit_alignment(raw, enc, present) if anchor_name == "text" else None
+        posts = fitted[1] if fitted is not None else {}
+        aligned = {m: self._align(m, enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present, posts.get(m))
+                   for m in sources}
+        # L_align and L_plan only matter for training: inference skips the MMD kernel matrices.
+        training = self.training and torch.is_grad_enabled() and anchor_name == "text"
+        align_loss = plan_loss = zero
+        if training and cfg.global_alignment and sources:
+            align_loss = alignment_loss(aligned, anchor, anchor_mask, cfg.mmd_sigmas, present=present)
+        if training and fitted is not None:
+            # the alignment model learns from the samples that have language and a source
+            plan_loss = self.aligner.nll(fitted[0], {m: raw[m] for m in sources}, present,
+                                         torch.stack(list(present.values())).any(0))
+        # Time-priority interleaving [a1, v1, l1, a2, …]: stack on a new axis, then flatten.
+        order = [m for m in ("audio", "vision", "text") if m in enc]
+        aligned[anchor_name] = anchor
+        seq = torch.stack([aligned[m] for m in order], dim=2).flatten(1, 2)  # (B, n·Tl, d)
+        mask = anchor_mask.repeat_interleave(len(order), dim=1)              # (B, n·Tl)
+        return masked_mean(self.fusion[0](seq), mask), align_loss, plan_loss
 
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,
                 **_unused):
         cfg = self.cfg
         if self.training and cfg.modality_dropout > 0:
             modality_mask = self._drop_modalities(modality_mask, audio.shape[0], audio.device)
-        enc = self._encode(text, audio, vision, audio_lengths, vision_lengths, modality_mask)
-        B = audio.shape[0]
-        align_loss = audio.new_zeros(())
+        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
+        enc = self._encode(raw, modality_mask)
         features = {f"Feature_{m[0]}": masked_mean(h, mask) for m, (h, mask, _) in enc.items()}
-
+        zero = audio.new_zeros(()).to(features["Feature_" + cfg.modalities[0][0]].dtype)
+        align_loss = plan_loss = zero
         if cfg.fusion == "multi_stream":
-            # One Mamba per modality on its own unaligned sequence, pooled and fused late.
-            pooled = [masked_mean(stack(enc[m][0]), enc[m][1]) for stack, m in zip(self.fusion, cfg.modalities)]
-            fused = torch.cat(pooled, dim=-1)                                    # (B, n·d)
+            fused = self._fuse_multi_stream(enc)
         elif cfg.fusion == "single_stream":
-            # Modalities concatenated along time, unaligned: (B, ΣT_m, d).
-            seq = torch.cat([enc[m][0] for m in cfg.modalities], dim=1)
-            mask = torch.cat([enc[m][1] for m in cfg.modalities], dim=1)
-            fused = masked_mean(self.fusion[0](seq), mask)
+            fused = self._fuse_single_stream(enc)
         else:
-            # Anchor grid: language if used, else the first used modality's own time axis.
-            anchor_name = "text" if "text" in enc else cfg.modalities[0]
-            anchor, anchor_mask, anchor_present = enc[anchor_name]
-            if anchor_name != "text":  # no language anchor at all: the time-proportional plan
-                anchor_present = torch.zeros_like(anchor_present)
-            aligned = {anchor_name: anchor}
-            for m in cfg.modalities:
-                if m != anchor_name:
-                    aligned[m] = self._align(enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present)
-            # L_align only matters for training: inference skips its O(T_l²) kernel matrices.
-            if cfg.global_alignment and anchor_name == "text" and self.training and torch.is_grad_enabled():
-                # MMD² between each aligned source and language, for samples where both exist.
-                for m in cfg.modalities:
-                    if m == "text":
-                        continue
-                    both = anchor_present & enc[m][2]
-                    per_sample = mmd2(aligned[m], anchor, anchor_mask, anchor_mask, sigmas=cfg.mmd_sigmas)  # (B,)
-                    align_loss = align_loss + (per_sample * both).sum() / both.sum().clamp_min(1)
-            # Time-priority interleaving [a1, v1, l1, a2, …]: stack on a new axis, then flatten.
-            order = [m for m in ("audio", "vision", "text") if m in aligned]
-            seq = torch.stack([aligned[m] for m in order], dim=2).flatten(1, 2)  # (B, n·Tl, d)
-            mask = anchor_mask.repeat_interleave(len(order), dim=1)              # (B, n·Tl)
-            fused = masked_mean(self.fusion[0](seq), mask)
+            fused, align_loss, plan_loss = self._fuse_interleave(enc, raw)
         features["Feature_f"] = fused
-        return {"M": self.head(fused), "align_loss": align_loss, **features}                    # M: (B, 1)
+        return {"M": self.head(fused), "align_loss": align_loss, "plan_loss": plan_loss, **features}  # M: (B, 1)
 
 
 def AlignMambaForMMSA(args) -> AlignMamba:
@@ -279,11 +364,12 @@ def AlignMambaForMMSA(args) -> AlignMamba:
     return AlignMamba.from_mmsa_args(args)
 
 
-# The paper's Table 3 ablations (plus language-only and our modality dropout), as config overrides
-# on top of AlignMamba.
+# The paper's Table 3 ablations (plus language-only, the paper's cosine OT cost and our modality
+# dropout), as config overrides on top of AlignMamba.
 # Without OT, audio/vision still need a length-T_l grid to interleave: the time-proportional plan.
 ABLATIONS: dict[str, dict] = {
     "alignmamba": {},
+    "paper_ot_cost": {"ot_cost": "cosine"},
     "wo_local_ot": {"local_alignment": "none"},
     "wo_global_mmd": {"global_alignment": False},
     "single_stream": {"fusion": "single_stream", "global_alignment": False},

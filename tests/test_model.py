@@ -185,3 +185,61 @@ def test_modality_dropout_only_while_training(batch):
 def test_modality_dropout_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="modality_dropout"):
         small_config(modality_dropout=1.0)
+
+
+# ------------------------------------------------------------------ the learned costs (ours)
+@pytest.mark.parametrize("cost", ["monotone", "mixture"])
+def test_learned_cost_trains_its_alignment_model_and_only_in_training(cost, batch):
+    torch.manual_seed(0)
+    model = AlignMamba(small_config(ot_cost=cost))
+    out = model(**batch)
+    assert out["plan_loss"] > 0 and out["align_loss"] > 0
+    out["plan_loss"].backward()
+    for emission in model.aligner.emissions.values():
+        assert emission.read.weight.grad.abs().sum() > 0 and emission.log_spread.grad.abs().sum() > 0
+    assert model.encoders["text"].proj.weight.grad.abs().sum() > 0   # the words' features learn too
+    model.eval()
+    assert model(**batch)["plan_loss"] == 0
+    # padding still cannot reach the prediction (the cost reads raw frames)
+    noisy = dict(batch, audio=batch["audio"].clone())
+    noisy["audio"][1, 10:] = 1e3
+    torch.testing.assert_close(model(**batch)["M"], model(**noisy)["M"])
+
+
+def test_paper_cost_has_no_alignment_model_and_no_plan_loss(batch):
+    torch.manual_seed(0)
+    model = AlignMamba(small_config(ot_cost="cosine"))
+    assert model.aligner is None and model(**batch)["plan_loss"] == 0
+    assert AlignMamba(small_config(ot_cost="monotone", local_alignment="none")).aligner is None
+
+
+@pytest.mark.parametrize("cost", ["cosine", "monotone", "mixture"])
+def test_alignment_plans_are_the_models_plans(cost, batch):
+    """The diagnostics show the plan the forward pass uses: transporting the encoded audio with
+    the reported 'ot' plan reproduces the interleaved audio tokens."""
+    torch.manual_seed(0)
+    model = AlignMamba(small_config(ot_cost=cost, ot_reduce="mean")).eval()
+    seen = {}
+    model.fusion[0].register_forward_pre_hook(lambda _m, args: seen.setdefault("seq", args[0]))
+    model(**batch)
+    plans = model.alignment_plans(**batch)
+    assert set(plans) == {"audio", "vision"} and all(set(p) == {"ot", "soft_ot", "none"} for p in plans.values())
+    torch.testing.assert_close(seen["seq"][:, 0::3], plans["audio"]["ot"].aligned)
+    torch.testing.assert_close(seen["seq"][:, 1::3], plans["vision"]["ot"].aligned)
+    assert AlignMamba(small_config(**ABLATIONS["single_stream"])).alignment_plans(**batch) == {}
+
+
+def test_model_runs_in_float64(batch):
+    """No hidden float32 casts: the whole model works in double precision."""
+    torch.manual_seed(0)
+    model = AlignMamba(small_config(ot_cost="monotone")).double()
+    out = model(**{k: v.double() if v.is_floating_point() else v for k, v in batch.items()})
+    assert out["M"].dtype == torch.float64
+    (out["M"].sum() + out["plan_loss"] + out["align_loss"]).backward()
+
+
+def test_config_rejects_bad_alignment_options():
+    for bad in (dict(ot_cost="euclid"), dict(ot_reduce="max"), dict(ot_position_prior=-1.0),
+                dict(likelihood_prior_init=0.0), dict(ot_temperature=0.0)):
+        with pytest.raises(ValueError, match="AlignMambaConfig"):
+            AlignMambaConfig(**bad)
