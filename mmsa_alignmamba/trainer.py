@@ -4,9 +4,17 @@
     trainer.do_train(model, dataloaders)          # best-on-validation checkpoint at args.model_save_path
     results = trainer.do_test(model, dataloaders["test"], mode="TEST")   # MMSA's metric dict
 
-Loss: L = L1(prediction, label) + λ·L_align (λ = args.align_weight), AdamW, gradient-norm
-clipping, early stopping on the validation KeyEval, one tqdm bar per epoch. A non-finite loss
+Loss: L = L1(prediction, label) + λ·L_align (λ = args.align_weight) + μ·L_plan (μ = args.plan_weight,
+ours: plan learning, see model.py), AdamW with a constant or cosine learning rate, gradient-norm
+clipping, optionally an exponential moving average of the weights (args.ema_decay), early stopping
+on the validation KeyEval, one tqdm bar per epoch. A non-finite loss
 stops training at once with the epoch and batch where it happened.
+
+Alignment diagnostics: when the evaluated split's dataset carries the true frame→word maps
+(``dataset.true_tokens``, attached by the runner for data that has them) and the model can show
+its plans (``alignment_plans``), every evaluation also reports, per source modality and plan
+(``ot``, ``soft_ot``, ``none`` = time-proportional), the share of frames sent to their true word
+(``Plan_<plan>_<modality>``) and to within one word of it (``Plan1_<plan>_<modality>``).
 """
 from __future__ import annotations
 
@@ -16,11 +24,25 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import host
+from .alignment import plan_hits
 
 logger = logging.getLogger("MMSA")
+
+
+def plan_text(results: dict) -> str:
+    """One line of plan accuracies: '<modality>: <plan> exact% (±1 word %) …'."""
+    names = {"ot": "OT", "soft_ot": "soft", "none": "time"}
+    parts = []
+    for modality in ("audio", "vision"):
+        cells = [f"{names[k]} {100 * results[f'Plan_{k}_{modality}']:.1f} ({100 * results[f'Plan1_{k}_{modality}']:.1f})"
+                 for k in names if f"Plan_{k}_{modality}" in results]
+        if cells:
+            parts.append(f"{modality}: " + ", ".join(cells))
+    return "frames to their true word, exact (±1) % - " + "; ".join(parts)
 
 
 def batch_inputs(batch, device) -> tuple[tuple, dict]:
@@ -37,8 +59,15 @@ class AlignMambaTrainer:
         self.criterion = nn.L1Loss()
         self.metrics = host.metrics_for(args["dataset_name"])
         self.align_weight = float(args.get("align_weight", 0.1))
+        self.plan_weight = float(args.get("plan_weight", 1.0))
         self.max_epochs = int(args.get("max_epochs", 30))
         self.early_stop = int(args.get("early_stop", 6))
+        self.ema_decay = float(args.get("ema_decay", 0.0))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        self.lr_schedule = str(args.get("lr_schedule", "constant"))
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         self.key_eval = args.get("KeyEval", "Loss")
 
     def _step_loss(self, model, batch, device):
@@ -46,8 +75,8 @@ class AlignMambaTrainer:
         labels = batch["labels"]["M"].to(device).view(-1, 1)
         outputs = model(*inputs, **extras)
         task_loss = self.criterion(outputs["M"], labels)
-        align_loss = outputs.get("align_loss", task_loss.new_zeros(()))
-        return outputs, labels, task_loss, align_loss
+        zero = task_loss.new_zeros(())
+        return outputs, labels, task_loss, outputs.get("align_loss", zero), outputs.get("plan_loss", zero)
 
     def do_train(self, model, dataloader, return_epoch_results=False):
         args, device = self.args, self.args["device"]
@@ -55,46 +84,61 @@ class AlignMambaTrainer:
                                       lr=float(args.get("learning_rate", 1e-3)),
                                       weight_decay=float(args.get("weight_decay", 1e-2)))
         grad_clip = float(args.get("grad_clip", 1.0))
+        steps = self.max_epochs * max(len(dataloader["train"]), 1)
+        # cosine: from the set rate down to 0 over the epoch budget (early stopping may end it sooner)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+            if self.lr_schedule == "cosine" else (lambda step: 1.0))
+        # Polyak averaging (ours, off at 0): validate, keep and test an exponential moving average of
+        # the weights, which moves less from batch to batch than the weights themselves.
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True) \
+            if self.ema_decay > 0 else None
+        evaluated = averaged.module if averaged is not None else model
         lower_is_better = self.key_eval == "Loss"
         best_valid, best_epoch = (math.inf if lower_is_better else -math.inf), 0
         history = {"train": [], "valid": [], "test": []}
         for epoch in range(1, self.max_epochs + 1):
             model.train()
-            preds, trues, totals = [], [], np.zeros(3)
+            preds, trues, totals = [], [], np.zeros(4)
             bar = tqdm(dataloader["train"], desc=f"{args['model_name']} epoch {epoch}", leave=False,
                        disable=not logger.isEnabledFor(logging.INFO))
             for step, batch in enumerate(bar):
-                outputs, labels, task_loss, align_loss = self._step_loss(model, batch, device)
-                loss = task_loss + self.align_weight * align_loss
+                outputs, labels, task_loss, align_loss, plan_loss = self._step_loss(model, batch, device)
+                loss = task_loss + self.align_weight * align_loss + self.plan_weight * plan_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite training loss at epoch {epoch}, batch {step}: task={task_loss.item()}, "
-                        f"align={align_loss.item()} (check the input features for NaN/inf, or lower the learning rate)")
+                        f"align={align_loss.item()}, plan={plan_loss.item()} (check the input features for "
+                        "NaN/inf, or lower the learning rate)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-                totals += (loss.item(), task_loss.item(), align_loss.item())
+                scheduler.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
+                totals += (loss.item(), task_loss.item(), align_loss.item(), plan_loss.item())
                 preds.append(outputs["M"].detach().cpu())
                 trues.append(labels.cpu())
                 bar.set_postfix(loss=f"{totals[0] / (step + 1):.4f}")
             n = max(len(dataloader["train"]), 1)
             train_results = self.metrics(torch.cat(preds), torch.cat(trues))
             train_results.update(Loss=round(totals[0] / n, 4), TaskLoss=round(totals[1] / n, 4),
-                                 AlignLoss=round(totals[2] / n, 4))
+                                 AlignLoss=round(totals[2] / n, 4), PlanLoss=round(totals[3] / n, 4),
+                                 LR=float(f"{optimizer.param_groups[0]['lr']:.3g}"))
             logger.info(f"TRAIN-({args['model_name']}) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] "
                         f">> {host.metrics_text(train_results)}")
-            valid_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            valid_results = self.do_test(evaluated, dataloader["valid"], mode=f"VAL epoch {epoch}")
             current = valid_results[self.key_eval]
             improved = current < best_valid - 1e-6 if lower_is_better else current > best_valid + 1e-6
             if improved:
                 best_valid, best_epoch = current, epoch
-                host.save_checkpoint(model, args["model_save_path"])
+                host.save_checkpoint(evaluated, args["model_save_path"])
             if return_epoch_results:
                 history["train"].append(train_results)
                 history["valid"].append(valid_results)
-                history["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
+                history["test"].append(self.do_test(evaluated, dataloader["test"], mode="TEST"))
             if epoch - best_epoch >= self.early_stop:
                 logger.info(f"early stop at epoch {epoch}: best {self.key_eval} {best_valid:.4f} at epoch {best_epoch}")
                 break
@@ -106,11 +150,16 @@ class AlignMambaTrainer:
         model.eval()
         preds, trues, loss_sum = [], [], 0.0
         ids, features = [], {}
+        truth = getattr(getattr(dataloader, "dataset", None), "true_tokens", None)
+        plans = getattr(getattr(model, "Model", model), "alignment_plans", None)  # MMSA's AMIO wraps the model
+        hits: dict[str, torch.Tensor] = {}
         for batch in dataloader:
-            outputs, labels, task_loss, _ = self._step_loss(model, batch, device)
+            outputs, labels, task_loss, _, _ = self._step_loss(model, batch, device)
             loss_sum += task_loss.item()
             preds.append(outputs["M"].cpu())
             trues.append(labels.cpu())
+            if truth and plans is not None and "modality_mask" not in batch:
+                self._count_plan_hits(plans, batch, truth, hits, device)
             if return_sample_results:
                 ids.extend(batch["id"])
                 for k, v in outputs.items():
@@ -119,8 +168,28 @@ class AlignMambaTrainer:
         pred, true = torch.cat(preds), torch.cat(trues)
         results = self.metrics(pred, true)
         results["Loss"] = round(loss_sum / max(len(dataloader), 1), 4)
-        logger.info(f"{mode}-({self.args['model_name']}) >> {host.metrics_text(results)}")
+        for name, (exact, near, steps) in hits.items():
+            if steps > 0:
+                results[f"Plan_{name}"] = round(float(exact / steps), 4)
+                results[f"Plan1_{name}"] = round(float(near / steps), 4)
+        plain = {k: v for k, v in results.items() if not k.startswith("Plan")}
+        logger.info(f"{mode}-({self.args['model_name']}) >> {host.metrics_text(plain)}")
+        if hits:
+            logger.info(f"{mode}-({self.args['model_name']}) plan accuracy >> {plan_text(results)}")
         if return_sample_results:
             results.update(Ids=ids, SResults=pred.view(-1).numpy(), Labels=true.view(-1).tolist(),
                            Features={k: np.concatenate(v) for k, v in features.items()})
         return results
+
+    @staticmethod
+    def _count_plan_hits(plans, batch, truth, hits, device) -> None:
+        """Add this batch's [exact, within ±1, frames] counts per '<plan>_<modality>' to ``hits``."""
+        inputs, extras = batch_inputs(batch, device)
+        rows = torch.as_tensor(batch["index"]).long()
+        for modality, by_kind in plans(*inputs, **extras).items():
+            if modality not in truth:
+                continue
+            true_token = truth[modality][rows].to(device)
+            for kind, plan in by_kind.items():
+                name = f"{kind}_{modality}"
+                hits[name] = hits.get(name, 0) + plan_hits(plan, true_token).cpu()

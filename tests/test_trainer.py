@@ -73,3 +73,63 @@ def test_align_weight_zero_trains_on_the_task_loss_only(tiny_mosi, tmp_path):
         host.build_trainer(args).do_train(model, host.build_dataloaders(args, 0))
         weights.append(torch.load(tmp_path / f"w{i}.pth", weights_only=True))
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_plan_accuracy_is_measured_where_the_true_alignment_is_known(tmp_path):
+    """On data with true frame->word maps, every evaluation reports each plan's accuracy; the
+    time-proportional plan's matches an independent count, and data without maps reports none."""
+    import numpy as np
+
+    from mmsa_alignmamba.runner import attach_true_alignment
+    from mmsa_alignmamba.safeio import safe_pickle_load
+
+    path = write_synthetic(tmp_path / "wl.pkl", like="mosi", size={"train": 16, "valid": 8, "test": 12}, seed=4,
+                           task="wordlevel")
+    args = alignmamba_args(path, tmp_path, ot_cost="monotone", plan_weight=1.0, max_epochs=1)
+    host.setup_seed(1)
+    loaders = host.build_dataloaders(args, 0)
+    model, trainer = host.build_model(args), host.build_trainer(args)
+    assert not any(k.startswith("Plan") for k in trainer.do_test(model, loaders["test"]))
+    attach_true_alignment(loaders, path)
+    history = trainer.do_train(model, loaders, return_epoch_results=True)
+    assert history["train"][0]["PlanLoss"] > 0
+    assert {f"Plan{e}_{k}_{m}" for e in ("", "1") for k in ("ot", "soft_ot", "none") for m in ("audio", "vision")} \
+        <= set(history["valid"][0])
+    results = trainer.do_test(model, loaders["test"], mode="TEST")
+    assert all(0.0 <= results[k] <= 1.0 for k in results if k.startswith("Plan"))
+    assert all(results[f"Plan1_{k}"] >= results[f"Plan_{k}"] for k in ("ot_audio", "none_vision"))
+    test = safe_pickle_load(path)["test"]
+    for m in ("audio", "vision"):
+        truth = test[f"{m}_token"].astype(int)
+        n_tokens = (np.abs(test["text"]).sum(-1) > 0).sum(1)
+        plan = np.floor(np.arange(truth.shape[1])[None] * n_tokens[:, None] / test[f"{m}_lengths"][:, None])
+        counted = truth >= 0
+        assert results[f"Plan_none_{m}"] == pytest.approx(np.mean(plan[counted] == truth[counted]), abs=1e-4)
+
+
+def test_plan_weight_enters_the_loss(tiny_mosi, tmp_path):
+    """μ enters the loss: with the likelihood cost, μ = 0 and μ = 1 train different weights."""
+    weights = []
+    for i, weight in enumerate((0.0, 1.0)):
+        args = alignmamba_args(tiny_mosi, tmp_path, ot_cost="monotone", plan_weight=weight, max_epochs=1,
+                               model_save_path=tmp_path / f"p{i}.pth")
+        host.setup_seed(1)
+        model = host.build_model(args)
+        host.build_trainer(args).do_train(model, host.build_dataloaders(args, 0))
+        weights.append(torch.load(tmp_path / f"p{i}.pth", weights_only=True))
+    assert not torch.equal(weights[0]["Model.aligner.emissions.audio.read.weight"],
+                           weights[1]["Model.aligner.emissions.audio.read.weight"])
+
+
+def test_cosine_schedule_decays_the_learning_rate_and_constant_keeps_it(tiny_mosi, tmp_path):
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        args = alignmamba_args(tiny_mosi, tmp_path, lr_schedule=schedule, max_epochs=3, early_stop=3)
+        host.setup_seed(1)
+        history = host.build_trainer(args).do_train(host.build_model(args), host.build_dataloaders(args, 0),
+                                                    return_epoch_results=True)
+        rates[schedule] = [epoch["LR"] for epoch in history["train"]]
+    assert rates["constant"] == [1e-3] * 3
+    assert rates["cosine"][0] < 1e-3 and rates["cosine"][1] < rates["cosine"][0] and rates["cosine"][2] < 1e-9
+    with pytest.raises(ValueError, match="lr_schedule"):
+        host.build_trainer(alignmamba_args(tiny_mosi, tmp_path, lr_schedule="step"))
