@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import host
@@ -23,6 +24,8 @@ logger = logging.getLogger("mmsa_alignmamba")
 
 SUBCOMMANDS = ("models", "make-synthetic", "ablate", "report", "bench")
 SYNTHETIC_SIZES = ("small", "full")
+from .synthetic import TASKS as _TASKS
+SYNTHETIC_TASKS = tuple(_TASKS)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -53,6 +56,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="generate, cache and use an MMSA-format SYNTHETIC copy of the dataset (no real data needed)")
     g.add_argument("--synthetic-size", default="small", choices=SYNTHETIC_SIZES,
                    help="small (default, a few minutes on 2 CPU cores) or full (the real dataset's sizes)")
+    g.add_argument("--synthetic-task", default="pooled", choices=SYNTHETIC_TASKS,
+                   help="pooled (default): the label rests on utterance-level cues; wordlevel: it rests on which "
+                        "audio/vision frames co-occur with which words, and frames carry a weak signature of their word "
+                        "(keeps the true frame-to-word map, so plan accuracy is measured)")
     g.add_argument("--fix-nonfinite", action="store_true",
                    help="set NaN/inf feature values to 0 (in a cleaned copy) instead of refusing the data")
 
@@ -116,14 +123,25 @@ def add_log_file(log_dir: Path, name: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class DataChoice:
+    """The validated dataset of a run."""
+    path: str              # the pickle to train on (a cleaned copy with --fix-nonfinite)
+    data: str              # the results' Data tag: 'real' or 'synthetic-…'
+    aligned: bool
+    true_alignment: bool   # it carries the true frame->word maps: plans get measured
+    oracle: dict | None    # the synthetic generator's oracle ladder, if it has one
+
+
 def resolve_data(args, aligned: bool) -> tuple[str, str]:
     """-> (path of the dataset pickle to use, data tag 'real' or 'synthetic-<size>')."""
     if args.synthetic:
-        from .synthetic import ensure_synthetic
+        from .synthetic import data_tag, ensure_synthetic, read_metadata
         cache = Path(args.data_dir) if args.data_dir else host.DEFAULT_OUTPUT_ROOT
-        path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0)
+        path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0,
+                                task=args.synthetic_task)
         logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
-        return str(path), f"synthetic-{args.synthetic_size}"
+        return str(path), data_tag(read_metadata(path))
     if args.feature_path:
         path = Path(args.feature_path)
     else:
@@ -136,16 +154,16 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
             f"(see https://github.com/thuiar/MMSA, 'Datasets') and pass --data-dir ROOT (or set MMSA_DATA_DIR) so that "
             f"ROOT/{host.dataset_relative_path(args.dataset, aligned)} exists, or pass --feature-path FILE, "
             "or add --synthetic to run on generated MMSA-format data")
-    from .synthetic import read_metadata
+    from .synthetic import data_tag, read_metadata
     meta = read_metadata(path) or {}
     if meta.get("synthetic"):  # a generated file passed by path is still synthetic data
         logger.info("%s is SYNTHETIC data (not real data), per its sidecar %s.json", path, path.name)
-        return str(path), f"synthetic-{meta.get('size', 'custom')}"
+        return str(path), data_tag(meta)
     return str(path), "real"
 
 
-def prepare_data(args, model: str) -> tuple[str, str, bool]:
-    """Find and validate the data before anything is written: -> (pickle path, data tag, aligned)."""
+def prepare_data(args, model: str):
+    """Find and validate the data before anything is written: -> DataChoice."""
     from .validate import validate_dataset, validate_modality_file
     config = host.load_config(model, args.dataset, args.config or None)
     aligned = args.aligned or (bool(config.get("need_data_aligned")) and args.dataset != "sims")
@@ -162,7 +180,9 @@ def prepare_data(args, model: str) -> tuple[str, str, bool]:
         if path:
             validate_modality_file(path, flag, key, report.samples, use_bert=bool(config.get("use_bert")),
                                    aligned=aligned)
-    return str(report.path), data, aligned
+    from .synthetic import read_metadata
+    oracle = (read_metadata(feature_path) or {}).get("oracle") if data != "real" else None
+    return DataChoice(str(report.path), data, aligned, report.true_alignment, oracle)
 
 
 def resolve_device(args) -> str:
@@ -195,7 +215,7 @@ def check_options(args) -> None:
             raise InputError(f"output directory {d} ({name}) is not writable")
 
 
-def settings_from(args, feature_path: str, aligned: bool):
+def settings_from(args, choice: "DataChoice"):
     from .runner import RunSettings
     dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
     for name, d in dirs.items():
@@ -206,10 +226,10 @@ def settings_from(args, feature_path: str, aligned: bool):
         if not os.access(d, os.W_OK):
             raise InputError(f"output directory {d} ({name}) is not writable")
     return RunSettings(
-        config_file=args.config or None, feature_path=feature_path, feature_T=args.feature_T,
-        feature_A=args.feature_A, feature_V=args.feature_V, aligned=aligned, device=resolve_device(args),
+        config_file=args.config or None, feature_path=choice.path, feature_T=args.feature_T,
+        feature_A=args.feature_A, feature_V=args.feature_V, aligned=choice.aligned, device=resolve_device(args),
         num_workers=args.num_workers, epochs=args.epochs, early_stop=args.early_stop, pretrained=args.pretrained,
-        train_missing=args.train_missing, **dirs)
+        train_missing=args.train_missing, true_alignment=choice.true_alignment, oracle=choice.oracle, **dirs)
 
 
 def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol: str | None,
@@ -244,13 +264,13 @@ def cmd_run(argv) -> int:
     model = host.check_model_name(args.model)
     setup_logging(args.verbose)
     check_options(args)
-    feature_path, data, aligned = prepare_data(args, model)
-    settings = settings_from(args, feature_path, aligned)
+    choice = prepare_data(args, model)
+    settings = settings_from(args, choice)
     add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     if args.tune:
         return cmd_tune(args, model, settings)
-    cells = build_cells(model, args.dataset, data, args.seeds, args.missing_protocol, args.missing_rates)
-    logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, data, len(cells))
+    cells = build_cells(model, args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates)
+    logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, choice.data, len(cells))
     run_sweep(cells, settings)
     return 0
 
@@ -283,13 +303,15 @@ def cmd_make_synthetic(argv) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="full", choices=SYNTHETIC_SIZES)
+    p.add_argument("--task", default="pooled", choices=SYNTHETIC_TASKS,
+                   help="signal model: pooled (utterance-level cues) or wordlevel (word-level co-occurrence)")
     for split in ("train", "valid", "test"):
         p.add_argument(f"--n-{split}", type=int, help=f"number of {split} samples (overrides --size)")
     args = p.parse_args(argv)
     counts = {s: getattr(args, f"n_{s}") for s in ("train", "valid", "test") if getattr(args, f"n_{s}") is not None}
     size = {**resolve_sizes(args.like, args.size), **counts} if counts else args.size
-    path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed)
-    print(f"wrote SYNTHETIC {args.like.upper()}-format data: {path}")
+    path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed, task=args.task)
+    print(f"wrote SYNTHETIC {args.like.upper()}-format data ({args.task} family): {path}")
     return 0
 
 
@@ -303,10 +325,10 @@ def cmd_ablate(argv) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     check_options(args)
-    feature_path, data, aligned = prepare_data(args, "alignmamba")
-    settings = settings_from(args, feature_path, aligned)
+    choice = prepare_data(args, "alignmamba")
+    settings = settings_from(args, choice)
     add_log_file(settings.log_dir, f"ablate-{args.dataset}")
-    cells = build_cells("alignmamba", args.dataset, data, args.seeds, args.missing_protocol, args.missing_rates,
+    cells = build_cells("alignmamba", args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates,
                         variants=[v if v != "alignmamba" else "" for v in args.variants])
     run_sweep(cells, settings)
     return 0

@@ -39,8 +39,25 @@ def cell_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(records: list[dict]) -> pd.DataFrame:
-    """Mean and std over seeds per (model, dataset, data, protocol, rate); plain numeric cells."""
+def oracle_table(oracles: list[dict]) -> pd.DataFrame:
+    """The oracle ladders of synthetic data as summary rows ('oracle: …' models, Seeds 0: nothing
+    was trained with a seed), so every table on that data shows them beside the models."""
+    from .synthetic.oracle import RUNGS
+    rows = []
+    for o in oracles:
+        for rung, name in RUNGS.items():
+            if rung in o["ladder"]:
+                row = {"Model": name, "Dataset": o["dataset"], "Data": o["data"], "Protocol": COMPLETE,
+                       "MissingRate": 0.0, "Seeds": 0}
+                for metric, value in o["ladder"][rung].items():
+                    row[metric], row[f"{metric}_std"] = _scaled(metric, value), 0.0
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(records: list[dict], oracles: list[dict] = ()) -> pd.DataFrame:
+    """Mean and std over seeds per (model, dataset, data, protocol, rate); plain numeric cells;
+    then the oracle rows of the data that has them."""
     cells = cell_table(records)
     if cells.empty:
         return cells
@@ -52,12 +69,16 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     out = out.join(std)
     out.insert(0, "Seeds", grouped["Seed"].count())
     ordered = ["Seeds"] + [c for m in metrics for c in (m, f"{m}_std")]
-    return out[ordered].reset_index()
+    out = out[ordered].reset_index()
+    used = {(o["dataset"], o["data"]) for o in oracles} & set(zip(out["Dataset"], out["Data"]))
+    ladder = oracle_table([o for o in oracles if (o["dataset"], o["data"]) in used])
+    return pd.concat([out, ladder[[c for c in out.columns if c in ladder.columns]]], ignore_index=True) \
+        if not ladder.empty else out
 
 
 def robustness_table(summary: pd.DataFrame, low: float = 0.1, high: float = 0.7) -> pd.DataFrame:
     """Per (model, dataset, data, protocol): the average over missing rates and Δ = metric(low) − metric(high)."""
-    missing = summary[summary["Protocol"] != COMPLETE]
+    missing = summary[summary["Protocol"] != COMPLETE]  # oracle rows are complete-data only
     metrics = [m for m in HEADLINE if m in summary.columns]
     rows = []
     for key, group in missing.groupby(["Model", "Dataset", "Data", "Protocol"], sort=True):
@@ -95,6 +116,32 @@ def markdown_table(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLAN_KINDS = {"ot": "OT plan", "soft_ot": "soft OT plan", "none": "time-proportional plan"}
+
+
+def alignment_table(summary: pd.DataFrame) -> str:
+    """Markdown: where the true frame→word map was known, the share of audio and vision frames
+    each plan sends to their true word, exactly / within ±1 word (%, mean over seeds)."""
+    columns = [(kind, m) for kind in PLAN_KINDS for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
+    if not columns:
+        return ""
+    rows = summary.dropna(subset=[f"Plan_{k}_{m}" for k, m in columns], how="all")
+    if rows.empty:
+        return ""
+    head = ["Model", "Dataset", "Data", "Protocol", "MissingRate", "Seeds"] + [f"{PLAN_KINDS[k]}: {m}" for k, m in columns]
+    text = ("\n## Alignment: frames sent to their true word, exact / within ±1 word (%)\n\n"
+            "Measured on the test split against the data's true frame→word map; the model's own plan is "
+            "the one its config names (`local_alignment`), the others are computed on the same features.\n\n")
+    text += "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    for _, row in rows.iterrows():
+        cells = [str(row["Model"]), str(row["Dataset"]), str(row["Data"]), str(row["Protocol"]),
+                 f"{row['MissingRate']:g}", str(row["Seeds"])]
+        cells += [f"{row[f'Plan_{k}_{m}']:.1f} / {row[f'Plan1_{k}_{m}']:.1f}" if not pd.isna(row[f"Plan_{k}_{m}"])
+                  else "—" for k, m in columns]
+        text += "| " + " | ".join(cells) + " |\n"
+    return text
+
+
 def synthetic_note(df: pd.DataFrame) -> str:
     data = sorted(set(df["Data"])) if "Data" in df.columns else []
     if any(d != "real" for d in data):
@@ -112,9 +159,14 @@ def write_csv(df: pd.DataFrame, path) -> Path:
 def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
     """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate runs)."""
     res_dir = Path(res_dir)
-    summary = summary_table(ResultStore(res_dir).records())
+    store = ResultStore(res_dir)
+    summary = summary_table(store.records(), store.oracles())
     paths = {"csv": write_csv(summary, res_dir / f"{name}.csv")}
     text = f"# Results ({res_dir})\n\n" + synthetic_note(summary) + markdown_table(summary)
+    if (summary.get("Seeds", pd.Series(dtype=int)) == 0).any():
+        text += ("\nRows named `oracle: …` are the synthetic generator's own linear read-outs on the test split "
+                 "(text only; pooled text, audio and vision; and with the TRUE word alignment), not trained models.\n")
+    text += alignment_table(summary)
     if not summary.empty and (summary["Protocol"] != COMPLETE).any():
         robust = robustness_table(summary)
         paths["robustness_csv"] = write_csv(robust, res_dir / f"{name}-robustness.csv")
@@ -191,7 +243,8 @@ def side_by_side(summary: pd.DataFrame, acc: str = "Non0_acc_2", f1: str = "Non0
 def write_report(res_dir) -> dict[str, Path]:
     """`mmsa report`: the leaderboard and robustness tables of every run under res_dir, plus plots."""
     paths = write_summary(res_dir, name="leaderboard")
-    summary = summary_table(ResultStore(res_dir).records())
+    store = ResultStore(res_dir)
+    summary = summary_table(store.records(), store.oracles())
     atomic_write_text(paths["md"], paths["md"].read_text() + "\n" + side_by_side(summary))
     for i, path in enumerate(plot_robustness(summary, Path(res_dir) / "plots")):
         paths[f"plot{i + 1}"] = path

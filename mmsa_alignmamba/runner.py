@@ -93,6 +93,15 @@ class ResultStore:
         root = self.res_dir / "cells"
         return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
 
+    def save_oracle(self, dataset: str, data: str, ladder: dict) -> None:
+        """Keep the oracle ladder of synthetic data beside the results made on it."""
+        record = {"dataset": dataset, "data": data, "synthetic": data != "real", "ladder": ladder}
+        atomic_write_text(self.res_dir / "oracles" / f"{dataset}-{data}.json", json.dumps(record, indent=1, sort_keys=True))
+
+    def oracles(self) -> list[dict]:
+        root = self.res_dir / "oracles"
+        return [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))] if root.is_dir() else []
+
 
 class EpochBudgetReached(Exception):
     pass
@@ -131,6 +140,8 @@ class RunSettings:
     early_stop: int | None = None
     pretrained: str | None = None
     train_missing: bool = False
+    true_alignment: bool = False         # the data carries true frame->word maps: measure plan accuracy
+    oracle: dict | None = None           # the synthetic generator's oracle ladder for this data, if any
     overrides: dict = field(default_factory=dict)
     model_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "saved_models"
     res_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "results"
@@ -141,7 +152,8 @@ class RunSettings:
         """What makes two runs of the same cell comparable: config contents, data, training budget."""
         config_text = Path(self.config_file).read_text() if self.config_file else ""
         relevant = {k: str(v) for k, v in asdict(self).items()
-                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file")}
+                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file",
+                                 "true_alignment", "oracle")}
         relevant["config"] = config_text
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,6 +180,18 @@ def build_args(cell: Cell, settings: RunSettings):
         args.update(ABLATIONS[cell.variant])
     args.update(settings.overrides)
     return args
+
+
+def attach_true_alignment(loaders, feature_path) -> None:
+    """Give each split's dataset its true frame->word maps (``dataset.true_tokens``: modality ->
+    (N, T_m) long tensor), which the trainer uses to measure how well plans align."""
+    from .safeio import safe_pickle_load
+    from .synthetic.common import TRUE_MAP_KEYS
+    data = safe_pickle_load(feature_path)
+    for split, loader in loaders.items():
+        loader.dataset.true_tokens = {m: torch.as_tensor(np.asarray(data[split][key]), dtype=torch.long)
+                                      for m, key in TRUE_MAP_KEYS.items() if key in data[split]}
+    del data
 
 
 def _wrap_missing(loaders, cell: Cell, args, train_missing: bool):
@@ -208,6 +232,8 @@ def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], st
     args["cur_seed"] = cell.seed
     host.setup_seed(cell.seed)
     loaders = host.build_dataloaders(args, settings.num_workers)
+    if settings.true_alignment:
+        attach_true_alignment(loaders, args["featurePath"])
     model, trainer, record = _train(cell, settings, args, loaders, store)
     for test_cell in test_cells:
         host.setup_seed(cell.seed)
@@ -221,6 +247,9 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[t
     """Run every cell not already finished. Cells that differ only in missing rate share one
     trained model when training sees complete data."""
     store = ResultStore(settings.res_save_dir, settings.fingerprint())
+    if settings.oracle:
+        for dataset, data in sorted({(c.dataset, c.data) for c in cells}):
+            store.save_oracle(dataset, data, settings.oracle)
     groups: dict[tuple, list[Cell]] = {}
     for cell in cells:
         train_key = (cell.model, cell.variant, cell.dataset, cell.data, cell.seed,

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .safeio import DataFileError, atomic_write, safe_pickle_load
+from .synthetic.common import TRUE_MAP_KEYS
 
 logger = logging.getLogger("mmsa_alignmamba")
 
 SPLITS = ("train", "valid", "test")
-FEATURES = ("text", "audio", "vision")
 LABEL_RANGE = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
 
 
@@ -31,6 +31,7 @@ class DataReport:
     feature_dims: tuple[int, int, int]
     audio_neg_inf: int = 0
     fixed_nonfinite: dict[str, int] = field(default_factory=dict)
+    true_alignment: bool = False   # every split carries the true frame->word maps (TRUE_MAP_KEYS)
 
 
 def _fail(path, message: str):
@@ -58,6 +59,21 @@ def _required_keys(dataset: str, use_bert: bool, aligned: bool) -> list[str]:
     if dataset == "sims":
         keys += [f"regression_labels_{m}" for m in "TAV"]
     return keys
+
+
+def _check_true_maps(path, split, part, n, audio, vision, t_l) -> None:
+    """Optional true frame->word maps: (N, T_m) integers in [-1, T_l) beside each modality."""
+    for modality, frames in (("audio", audio), ("vision", vision)):
+        key = TRUE_MAP_KEYS[modality]
+        if key not in part:
+            continue
+        arr = _array(path, split, key, part[key], 2)
+        if arr.dtype.kind not in "iu":
+            _fail(path, f"{split}['{key}'] must hold integer token indices, got dtype {arr.dtype}")
+        if arr.shape != (n, frames.shape[1]):
+            _fail(path, f"{split}['{key}'] must be (samples, {modality} steps) = {(n, frames.shape[1])}, got {arr.shape}")
+        if arr.size and (arr.min() < -1 or arr.max() >= t_l):
+            _fail(path, f"{split}['{key}'] must hold text token indices in [-1, {t_l}), got [{arr.min()}, {arr.max()}]")
 
 
 def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool = False,
@@ -113,6 +129,7 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
             if np.abs(values).max(initial=0) > bound + 1e-6:
                 _fail(path, f"{split}['{key}'] must lie in [-{bound:g}, {bound:g}] for {dataset.upper()}, "
                             f"got [{values.min():g}, {values.max():g}]")
+        _check_true_maps(path, split, part, n, audio, vision, text.shape[1] if not use_bert else text.shape[2])
         report.samples[split] = n
         report.audio_neg_inf += int(np.isneginf(audio).sum())
         for key, arr in ((text_key, text), ("audio", audio), ("vision", vision)):
@@ -127,6 +144,7 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
                 part[key] = np.where(np.isfinite(arr), arr, 0).astype(arr.dtype)
                 report.fixed_nonfinite[f"{split}.{key}"] = count
     report.feature_dims = dims_seen
+    report.true_alignment = all(all(k in data[s] for k in TRUE_MAP_KEYS.values()) for s in SPLITS)
     if report.audio_neg_inf:
         logger.info("%s: %d audio value(s) are -inf; MMSA's loader sets them to 0", path, report.audio_neg_inf)
     if report.fixed_nonfinite:

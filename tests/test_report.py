@@ -27,3 +27,34 @@ def test_robustness_average_and_delta_between_lowest_and_highest_rate():
     assert round(row["Has0_acc_2_avg"], 4) == round(100 * (0.8 + 0.7 + 0.5) / 3, 4)
     assert round(row["Has0_acc_2_delta"], 4) == 30.0
     assert row["Rates"] == "0.1 0.4 0.7"
+
+
+def test_oracle_rows_join_the_tables_of_their_data_only():
+    from mmsa_alignmamba.report import summary_table
+    ladder = {"text_linear": {"Has0_acc_2": 0.6, "Corr": 0.3}, "pooled_linear": {"Has0_acc_2": 0.7, "Corr": 0.5},
+              "aligned_ceiling": {"Has0_acc_2": 0.8, "Corr": 0.8}}
+    oracles = [{"dataset": "mosi", "data": "synthetic-small", "ladder": ladder},
+               {"dataset": "mosi", "data": "synthetic-other", "ladder": ladder}]   # no runs on it: left out
+    summary = summary_table([record("a", 1, 0.75)], oracles)
+    rows = summary[summary["Model"].str.startswith("oracle:")]
+    assert list(rows["Model"]) == ["oracle: text-only linear", "oracle: pooled all-modality linear",
+                                   "oracle: true-alignment ceiling"]
+    assert list(rows["Has0_acc_2"]) == [60.0, 70.0, 80.0]
+    assert "Corr" not in summary.columns          # the ladder adds no columns the models do not have
+    assert set(rows["Data"]) == {"synthetic-small"} and (rows["Seeds"] == 0).all()
+    text = markdown_table(summary)
+    assert "| oracle: true-alignment ceiling | mosi | synthetic-small | complete | 0 | 0 | 80.00 |" in text
+
+
+def test_alignment_table_shows_each_plans_accuracy():
+    from mmsa_alignmamba.report import alignment_table
+    metrics = {"Has0_acc_2": 0.7, "Plan_ot_audio": 0.45, "Plan1_ot_audio": 0.8, "Plan_none_audio": 0.28,
+               "Plan1_none_audio": 0.7}
+    records = [{"cell": {"model": "alignmamba", "variant": None, "dataset": "mosi", "data": "synthetic-wordlevel-full",
+                         "protocol": "complete", "rate": 0.0, "seed": s}, "metrics": metrics} for s in (1, 2)]
+    records.append(record("lf_dnn", 1, 0.6))                      # no plan: not in the alignment table
+    text = alignment_table(summary_table(records))
+    assert "| OT plan: audio | time-proportional plan: audio |" in text
+    assert "| alignmamba | mosi | synthetic-wordlevel-full | complete | 0 | 2 | 45.0 / 80.0 | 28.0 / 70.0 |" in text
+    assert "lf_dnn" not in text
+    assert alignment_table(summary_table([record("lf_dnn", 1, 0.6)])) == ""

@@ -214,8 +214,24 @@ def _malicious(kind, nested):
     return build
 
 
+def _true_map(split, fn):
+    """A case on the optional true frame->word maps (the small set is given valid ones first)."""
+    def mutate(d):
+        for part in d.values():
+            for m in ("audio", "vision"):
+                part[f"{m}_token"] = np.full(part[m].shape[:2], -1, np.int16)
+        fn(d[split])
+    return mutate
+
+
 # (id, builder(env, data) -> argv [or (argv, add_dirs)], extra argv, substring the error must contain)
 CASES = [
+    ("true-map-wrong-shape", _mutated(_true_map("valid", lambda p: p.update(audio_token=p["audio_token"][:, :7]))), [],
+     "valid['audio_token'] must be (samples, audio steps) = (3, 375)"),
+    ("true-map-floats", _mutated(_true_map("train", lambda p: p.update(vision_token=p["vision_token"] * 0.5))), [],
+     "train['vision_token'] must hold integer token indices"),
+    ("true-map-beyond-text", _mutated(_true_map("test", lambda p: p["audio_token"].__setitem__((0, 0), 50))), [],
+     "test['audio_token'] must hold text token indices in [-1, 50)"),
     ("missing-file", lambda env, d: ["--feature-path", str(env.inputs / "nope.pkl")], [], "dataset file not found"),
     ("truncated-pickle", _truncated, [], "truncated or corrupt pickle"),
     ("corrupt-bytes", lambda env, d: ["--feature-path", str(env.write_bytes(b"not a pickle \x00\xff" * 9))], [],
@@ -386,7 +402,7 @@ def test_fix_nonfinite_copies_of_same_named_files_do_not_collide(env, small_data
         with open(path, "wb") as f:
             pickle.dump(d, f, protocol=4)
         args = cli.run_parser().parse_args(["-m", "lf_dnn", "--feature-path", str(path), "--fix-nonfinite"])
-        used, _, _ = cli.prepare_data(args, "lf_dnn")
+        used = cli.prepare_data(args, "lf_dnn").path
         paths.append(Path(used))
     assert paths[0] != paths[1]
     assert [safeio.safe_pickle_load(p)["train"]["regression_labels"][0] for p in paths] == [0, 1]
