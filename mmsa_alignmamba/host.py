@@ -5,7 +5,7 @@ MMSA has no plugin mechanism: `AMIO.__init__` builds its model map inside the co
 index MMSA's own JSON by model name (and `MMSA.run` imported those functions by name, so they
 are patched where they are used). `install()` teaches all of them about every model declared
 under the entry-point groups below, by any installed distribution, and applies a set of small,
-named fixes to MMSA bugs that bite every model (METHOD.md §8). It is idempotent.
+named fixes to MMSA bugs that bite every model (README, "MMSA fixes"). It is idempotent.
 
 Entry-point groups (read with importlib.metadata):
   mmsa.models    name -> callable(args) returning an nn.Module (MMSA's model contract)
@@ -116,6 +116,12 @@ def mmsa_default_config(kind: str = "regression") -> Path:
     return Path(MMSA.__file__).parent / "config" / f"config_{kind}.json"
 
 
+def default_configs_text() -> str:
+    """The texts of every config a run without -c reads (MMSA's and each plugin's), in a fixed order."""
+    paths = [mmsa_default_config()] + [plugins()[name].config_path for name in sorted(plugins())]
+    return "\n".join(f"{path.name}\n{path.read_text()}" for path in paths)
+
+
 @functools.lru_cache(maxsize=None)
 def _merged_config_file(base: str, name: str) -> str:
     """A temp copy of the JSON `base` with plugin `name`'s section added, for MMSA's loaders."""
@@ -202,7 +208,7 @@ def _register_configs() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Compat fixes, one per MMSA bug (METHOD.md §8). Each is named and tested on its own.
+# Compat fixes, one per MMSA bug (README, "MMSA fixes"). Each is named and tested on its own.
 # --------------------------------------------------------------------------------------
 class _SafeCuda:
     """torch.cuda, except that set_device ignores non-CUDA devices."""

@@ -149,8 +149,10 @@ class RunSettings:
 
 
     def fingerprint(self) -> str:
-        """What makes two runs of the same cell comparable: config contents, data, training budget."""
-        config_text = Path(self.config_file).read_text() if self.config_file else ""
+        """What makes two runs of the same cell comparable: config contents, data, training budget.
+        Without -c the config is MMSA's and the plugins' shipped defaults, so those count: after an
+        upgrade that changes a default, old results are run again rather than silently reused."""
+        config_text = Path(self.config_file).read_text() if self.config_file else host.default_configs_text()
         relevant = {k: str(v) for k, v in asdict(self).items()
                     if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file",
                                  "true_alignment", "oracle")}

@@ -221,3 +221,23 @@ def test_atomic_write_success_replaces_and_cleans_up(tmp_path):
         f.write(b"newer")
     assert path.read_bytes() == b"newer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.json"]
+
+
+def test_changed_default_config_invalidates_results_but_a_given_config_pins_them(tmp_path, monkeypatch):
+    """An upgrade that changes a shipped default must rerun old cells, not reuse them silently."""
+    from dataclasses import replace
+
+    from mmsa_alignmamba import host
+    from mmsa_alignmamba.runner import RunSettings
+
+    shipped = tmp_path / "plugin.json"
+    shipped.write_text(json.dumps({"alignmamba": {"commonParams": {"ot_cost": "cosine"}}}))
+    plugin = replace(host.plugins()["alignmamba"], config_path=shipped)
+    monkeypatch.setattr(host, "plugins", lambda: {"alignmamba": plugin})
+    given = tmp_path / "mine.json"
+    given.write_text("{}")
+    default_run, pinned_run = RunSettings(), RunSettings(config_file=str(given))
+    before = default_run.fingerprint(), pinned_run.fingerprint()
+    shipped.write_text(json.dumps({"alignmamba": {"commonParams": {"ot_cost": "monotone"}}}))
+    assert default_run.fingerprint() != before[0]
+    assert pinned_run.fingerprint() == before[1]
