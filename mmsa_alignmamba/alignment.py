@@ -1,4 +1,4 @@
-"""Token- and distribution-level alignment of AlignMamba (METHOD.md §2–3).
+"""Token- and distribution-level alignment of AlignMamba (docs/method.md §2–3).
 
 Pure PyTorch, no MMSA import. Shapes: ``B`` batch, ``T_m`` source (audio / vision) steps,
 ``T_l`` anchor (language) steps, ``d`` common width. Masks are bool, ``True`` = valid token,

@@ -1,4 +1,4 @@
-"""Incomplete-modality protocols applied to MMSA batch dicts (METHOD.md §6).
+"""Incomplete-modality protocols applied to MMSA batch dicts (docs/method.md §6).
 
 A *protocol* rewrites one MMSA batch dict **before any model sees it**, so that
 AlignMamba and MMSA's built-in models are evaluated on exactly the same

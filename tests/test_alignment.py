@@ -1,4 +1,4 @@
-"""Tests of mmsa_alignmamba.alignment: relaxed / soft OT alignment and MMD² (METHOD.md §2–3).
+"""Tests of mmsa_alignmamba.alignment: relaxed / soft OT alignment and MMD² (docs/method.md §2–3).
 
 References are written independently of the module: explicit Python loops over float64 values.
 geomloss (a test dependency) is the external oracle for MMD²: SamplesLoss("gaussian") = ½·MMD².
