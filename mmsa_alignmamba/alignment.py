@@ -640,6 +640,11 @@ def mmd2(
     valid = (n_x > 0) & (n_y > 0)  # (B,)
     w_x = x_mask.to(dtype) / n_x.clamp_min(1).to(dtype)[:, None]  # (B, T_x), uniform weights
     w_y = y_mask.to(dtype) / n_y.clamp_min(1).to(dtype)[:, None]  # (B, T_y)
+    # Distances do not change under a common shift; centring both sets on their pooled mean keeps
+    # the expansion below from cancelling large norms (features far from 0) in float32.
+    centre = ((x.sum(1) + y.sum(1)) / (n_x + n_y).clamp_min(1).to(dtype)[:, None])[:, None, :]  # (B, 1, d)
+    x = (x - centre).masked_fill(~x_mask[:, :, None], 0.0)
+    y = (y - centre).masked_fill(~y_mask[:, :, None], 0.0)
 
     def mean_kernel(sq_dist: Tensor, w_left: Tensor, w_right: Tensor) -> Tensor:
         # One (B, T, T') kernel matrix per σ in turn, averaged: peak memory stays one matrix
@@ -653,7 +658,7 @@ def mmd2(
 
     # Autocast off: the ||x||² + ||y||² − 2xy expansion cancels badly in half precision.
     with torch.autocast(x.device.type, enabled=False):
-        d_xx, d_yy, d_xy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)  # (B, T, T')
+        d_xx, d_yy, d_xy = _self_sq_dists(x), _self_sq_dists(y), _sq_dists(x, y)  # (B, T, T')
         sigma = _bandwidths(sigmas, d_xx, d_yy, d_xy, x_mask, y_mask, valid)  # (B, S)
         inv_two_var = (0.5 / sigma.square())[:, :, None, None]  # (B, S, 1, 1)
         out = (mean_kernel(d_xx, w_x, w_x) + mean_kernel(d_yy, w_y, w_y)
@@ -826,6 +831,13 @@ def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
     """(B, T, T') squared Euclidean distances via ||a||² + ||b||² − 2ab, clamped at 0."""
     sq = a.square().sum(-1)[:, :, None] + b.square().sum(-1)[:, None, :] - 2 * a @ b.transpose(1, 2)
     return sq.clamp_min(0.0)
+
+
+def _self_sq_dists(a: Tensor) -> Tensor:
+    """(B, T, T) squared distances within one set. The expansion leaves rounding residue on the
+    diagonal, where the true value is exactly 0: set it so."""
+    eye = torch.eye(a.shape[1], dtype=torch.bool, device=a.device)
+    return _sq_dists(a, a).masked_fill(eye, 0.0)
 
 
 def _bandwidths(
