@@ -56,11 +56,11 @@ import threading
 import time
 from pathlib import Path
 
+from .datasets import MOSI_FEATURE_DIMS
 from .safeio import InputError, atomic_write, atomic_write_text
 
 MODELS = ("alignmamba", "mult", "transformer")
 LABELS = {"alignmamba": "AlignMamba", "mult": "MulT (MMSA)", "transformer": "Transformer fusion"}
-FEATURE_DIMS = (768, 5, 20)  # MOSI: text (BERT features), audio (COVAREP subset), vision (Facet)
 DEFAULT_LENGTHS = (50, 100, 200, 400, 800, 1600, 3200)
 QUICK_LENGTHS = (16, 32)
 RESULT_TAG = "MMSA_BENCH_POINT_RESULT "
@@ -89,7 +89,7 @@ def build_args(model: str, device: str, dataset: str = "mosi"):
 
     from . import host
     args = host.load_config("alignmamba" if model == "transformer" else model, dataset)
-    args.update(feature_dims=list(FEATURE_DIMS), device=torch.device(device), train_mode="regression")
+    args.update(feature_dims=list(MOSI_FEATURE_DIMS), device=torch.device(device), train_mode="regression")
     return args
 
 
@@ -114,7 +114,7 @@ def random_inputs(model: str, length: int, batch: int, device: str, seed: int = 
     """RANDOM inputs (not real data): (text, audio, vision) and the keyword extras."""
     import torch
     g = torch.Generator().manual_seed(seed)
-    tensors = tuple(torch.randn(batch, length, d, generator=g).to(device) for d in FEATURE_DIMS)
+    tensors = tuple(torch.randn(batch, length, d, generator=g).to(device) for d in MOSI_FEATURE_DIMS)
     lengths = torch.full((batch,), length, dtype=torch.long, device=device)
     extras = {"audio_lengths": lengths, "vision_lengths": lengths} if takes_lengths(model) else {}
     return tensors, extras

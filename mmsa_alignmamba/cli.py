@@ -218,13 +218,11 @@ def check_options(args) -> None:
 def settings_from(args, choice: "DataChoice"):
     from .runner import RunSettings
     dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
-    for name, d in dirs.items():
+    for name, d in dirs.items():  # check_options has made sure they can be created and written
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
-        if not os.access(d, os.W_OK):
-            raise InputError(f"output directory {d} ({name}) is not writable")
     return RunSettings(
         config_file=args.config or None, feature_path=choice.path, feature_T=args.feature_T,
         feature_A=args.feature_A, feature_V=args.feature_V, aligned=choice.aligned, device=resolve_device(args),
@@ -236,8 +234,6 @@ def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol:
                 rates: list[float] | None, variants=("",)) -> list:
     from .runner import COMPLETE, Cell
     seeds = seeds or [1111, 1112, 1113, 1114, 1115]
-    if protocol is None and rates:
-        raise InputError("--missing-rates needs --missing-protocol")
     settings = [(COMPLETE, 0.0)]
     if protocol is not None:
         rates = rates if rates is not None else [round(0.1 * i, 1) for i in range(1, 8)]

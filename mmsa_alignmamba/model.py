@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from .alignment import (OTAlignment, WordAligner, alignment_loss, relaxed_ot_align, relaxed_plan, soft_ot_align,
                         soft_plan, uniform_align)
+from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
 
-MODALITIES = ("text", "audio", "vision")
 LOCAL_ALIGNMENTS = ("ot", "soft_ot", "none")
 FUSIONS = ("interleave", "single_stream", "multi_stream")
 OT_COSTS = ("cosine", "monotone", "mixture")
@@ -38,7 +38,7 @@ OT_COSTS = ("cosine", "monotone", "mixture")
 
 @dataclass
 class AlignMambaConfig:
-    feature_dims: tuple[int, int, int] = (768, 5, 20)  # text, audio, vision input widths
+    feature_dims: tuple[int, int, int] = MOSI_FEATURE_DIMS  # text, audio, vision input widths
     d_model: int = 64                 # common width d of every modality after its encoder
     n_layers: int = 2                 # Mamba blocks in the fusion stack
     d_state: int = 16                 # SSM state size N

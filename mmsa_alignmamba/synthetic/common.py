@@ -6,17 +6,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..datasets import SHAPES
 from ..safeio import InputError
 
 SPLITS = ("train", "valid", "test")
 
-# Read-only by convention. seq_lens / feature_dims are [text, audio, vision].
+# Read-only by convention. seq_lens / feature_dims (datasets.SHAPES) are [text, audio, vision].
 PRESETS: dict[str, dict[str, Any]] = {
     "mosi": {
         "name": "MOSI",
         "index": 0,
-        "feature_dims": (768, 5, 20),
-        "seq_lens": {"unaligned": (50, 375, 500), "aligned": (50, 50, 50)},
+        **SHAPES["mosi"],
         "sizes": {
             "full": {"train": 1284, "valid": 229, "test": 686},
             "small": {"train": 600, "valid": 150, "test": 300},
@@ -29,8 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mosei": {
         "name": "MOSEI",
         "index": 1,
-        "feature_dims": (768, 74, 35),
-        "seq_lens": {"unaligned": (50, 500, 500), "aligned": (50, 50, 50)},
+        **SHAPES["mosei"],
         "sizes": {
             "full": {"train": 16326, "valid": 1871, "test": 4659},
             "small": {"train": 600, "valid": 150, "test": 300},
@@ -43,8 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sims": {
         "name": "SIMS",
         "index": 2,
-        "feature_dims": (768, 33, 709),
-        "seq_lens": {"unaligned": (39, 400, 55), "aligned": (39, 39, 39)},
+        **SHAPES["sims"],
         "sizes": {
             "full": {"train": 1368, "valid": 456, "test": 457},
             "small": {"train": 600, "valid": 150, "test": 300},
