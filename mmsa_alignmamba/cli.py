@@ -232,7 +232,7 @@ def settings_from(args, choice: "DataChoice"):
 
 def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol: str | None,
                 rates: list[float] | None, variants=("",)) -> list:
-    from .runner import COMPLETE, Cell
+    from .results import COMPLETE, Cell
     seeds = seeds or [1111, 1112, 1113, 1114, 1115]
     settings = [(COMPLETE, 0.0)]
     if protocol is not None:

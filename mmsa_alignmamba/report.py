@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runner import COMPLETE, ResultStore
+from .results import COMPLETE, ResultStore, model_label
 from .safeio import atomic_write, atomic_write_text
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -31,8 +31,7 @@ def cell_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         c = r["cell"]
-        label = f"{c['model']}[{c['variant']}]" if c.get("variant") else c["model"]
-        row = {"Model": label, "Dataset": c["dataset"], "Data": c["data"], "Protocol": c["protocol"],
+        row = {"Model": model_label(c["model"], c.get("variant", "")), "Dataset": c["dataset"], "Data": c["data"], "Protocol": c["protocol"],
                "MissingRate": float(c["rate"]), "Seed": int(c["seed"])}
         row.update({m: _scaled(m, v) for m, v in r["metrics"].items()})
         rows.append(row)
