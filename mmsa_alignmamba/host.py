@@ -30,7 +30,20 @@ from typing import Any, Callable
 
 import torch
 
-from .safeio import DataFileError, InputError, atomic_write, safe_pickle_load, safe_pickle_loads
+from .safeio import DataFileError, InputError, atomic_write, safe_pickle_loads
+
+__all__ = [
+    # discovery and registration
+    "ENTRY_POINT_GROUPS", "Plugin", "plugins", "refresh_plugins", "builtin_models", "registered_models",
+    "check_model_name", "UnknownModelError", "install", "install_when_mmsa_imports", "COMPAT_FIXES",
+    # configs and data locations
+    "DATASETS", "DEFAULT_OUTPUT_ROOT", "mmsa_default_config", "default_configs_text", "load_config",
+    "resolve_output_dirs", "checkpoint_path", "mmsa_dataset_root", "dataset_relative_path",
+    "aligned_dataset_params",
+    # MMSA's building blocks for our runner
+    "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
+    "metrics_for", "metrics_text",
+]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -151,26 +164,22 @@ def _config_file_for(model_name: str, config_file, kind: str) -> str:
 _ORIGINAL: dict[str, Any] = {}
 
 
+class _ModelMapWithPlugins:
+    """Stands in for ``AMIO.MODEL_MAP``. MMSA's ``AMIO.__init__`` builds its model map as an instance
+    attribute (``self.MODEL_MAP = {...}``) and then looks the model up in it. As a data descriptor
+    on the class, this intercepts that assignment and adds every plugin model, so MMSA's own
+    constructor runs unchanged (word-alignment subnet included) for plugins too."""
+
+    def __set__(self, amio, builtin_map: dict) -> None:
+        amio.__dict__["MODEL_MAP"] = {**builtin_map, **{name: p.model for name, p in plugins().items()}}
+
+    def __get__(self, amio, owner=None):
+        return self if amio is None else amio.__dict__["MODEL_MAP"]
+
+
 def _register_models() -> None:
-    import importlib
-    amio_module = importlib.import_module("MMSA.models.AMIO")  # the module (MMSA.models.AMIO is the class)
-    AMIO = amio_module.AMIO
-    original_init = _ORIGINAL.setdefault("AMIO.__init__", AMIO.__init__)
-
-    def __init__(self, args):
-        plugin = plugins().get(str(args["model_name"]).lower())
-        if plugin is None:
-            return original_init(self, args)
-        # Same construction as AMIO.__init__, with the plugin's class instead of MODEL_MAP's.
-        torch.nn.Module.__init__(self)
-        self.need_model_aligned = args.get("need_model_aligned", None)
-        if self.need_model_aligned:
-            self.alignNet = amio_module.AlignSubNet(args, "avg_pool")
-            if "seq_lens" in args.keys():
-                args["seq_lens"] = self.alignNet.get_seq_len()
-        self.Model = plugin.model(args)
-
-    AMIO.__init__ = __init__
+    from MMSA.models import AMIO
+    AMIO.MODEL_MAP = _ModelMapWithPlugins()
 
 
 def _register_trainers() -> None:
@@ -326,10 +335,9 @@ def fix_empty_paths() -> None:
     MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
 
 
-def checkpoint_path(model_save_dir, model_name: str, dataset_name: str, seed: int, tag: str = "") -> Path:
-    """One checkpoint per (model, dataset, seed[, tag]) instead of one file every seed overwrites."""
-    suffix = f"-{tag}" if tag else ""
-    return Path(model_save_dir) / f"{model_name}-{dataset_name}{suffix}-seed{seed}.pth"
+def checkpoint_path(model_save_dir, model_name: str, dataset_name: str, seed: int) -> Path:
+    """One checkpoint per (model, dataset, seed) instead of one file every seed overwrites."""
+    return Path(model_save_dir) / f"{model_name}-{dataset_name}-seed{seed}.pth"
 
 
 def fix_checkpoint_per_seed() -> None:
@@ -490,10 +498,6 @@ def load_checkpoint(model: torch.nn.Module, path) -> None:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         raise DataFileError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     model.load_state_dict(state)
-
-
-def load_data_file(path):
-    return safe_pickle_load(path)
 
 
 def metrics_for(dataset_name: str):

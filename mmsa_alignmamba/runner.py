@@ -51,7 +51,6 @@ class RunSettings:
     """Everything about a run that is not the cell itself."""
     config_file: str | None = None
     feature_path: str | None = None      # the dataset pickle (real, custom or synthetic)
-    custom_feature: str | None = None
     feature_T: str = ""
     feature_A: str = ""
     feature_V: str = ""
@@ -88,7 +87,7 @@ def build_args(cell: Cell, settings: RunSettings):
     if settings.aligned:
         args.update(host.aligned_dataset_params(cell.dataset))
     args.update(
-        featurePath=settings.feature_path or args["featurePath"], custom_feature=settings.custom_feature,
+        featurePath=settings.feature_path or args["featurePath"], custom_feature=None,
         feature_T=settings.feature_T, feature_A=settings.feature_A, feature_V=settings.feature_V,
         device=torch.device(settings.device), train_mode="regression",
         model_save_path=Path(settings.model_save_dir) / f"{cell.slug}.pth",

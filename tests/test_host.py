@@ -169,7 +169,6 @@ def test_one_checkpoint_per_seed(lf_dnn_run):
 
 def test_checkpoint_path_helper():
     assert host.checkpoint_path("/m", "lf_dnn", "mosi", 3) == Path("/m/lf_dnn-mosi-seed3.pth")
-    assert host.checkpoint_path("/m", "alignmamba", "sims", 1, "x") == Path("/m/alignmamba-sims-x-seed1.pth")
 
 
 def test_mmsa_test_lf_dnn(lf_dnn_run, single_sample_pkl):
