@@ -22,7 +22,7 @@ from .safeio import InputError
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-SUBCOMMANDS = ("models", "make-synthetic", "ablate", "report", "bench")
+SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "report", "bench")
 SYNTHETIC_SIZES = ("small", "full")
 from .synthetic import TASKS as _TASKS
 SYNTHETIC_TASKS = tuple(_TASKS)
@@ -78,8 +78,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", type=int, help="epochs without validation improvement before stopping")
     p.add_argument("--pretrained", help="local BERT folder for BERT-based models (no hub downloads here)")
     m = p.add_argument_group("missing modalities")
-    from .missing import MISSING_PROTOCOLS
-    m.add_argument("--missing-protocol", choices=MISSING_PROTOCOLS, help="run a missing-rate sweep with this protocol")
+    from . import components
+    m.add_argument("--missing-protocol", choices=components.names("missing_protocol"), help="run a missing-rate sweep with this protocol")
     m.add_argument("--missing-rates", nargs="+", type=_rate, default=None,
                    help="missing rates (default 0.1 0.2 … 0.7 with --missing-protocol)")
     m.add_argument("--train-missing", action="store_true", help="train with the same protocol too (as IMDer does)")
@@ -218,16 +218,21 @@ def check_options(args) -> None:
 def settings_from(args, choice: "DataChoice"):
     from .runner import RunSettings
     dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
-    for name, d in dirs.items():  # check_options has made sure they can be created and written
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
     return RunSettings(
         config_file=args.config or None, feature_path=choice.path, feature_T=args.feature_T,
         feature_A=args.feature_A, feature_V=args.feature_V, aligned=choice.aligned, device=resolve_device(args),
         num_workers=args.num_workers, epochs=args.epochs, early_stop=args.early_stop, pretrained=args.pretrained,
         train_missing=args.train_missing, true_alignment=choice.true_alignment, oracle=choice.oracle, **dirs)
+
+
+def make_output_dirs(settings) -> None:
+    """Create the output folders, once every check has passed (check_options made sure they can be)."""
+    for name in ("model_save_dir", "res_save_dir", "log_dir"):
+        d = Path(getattr(settings, name))
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
 
 
 def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol: str | None,
@@ -262,10 +267,15 @@ def cmd_run(argv) -> int:
     check_options(args)
     choice = prepare_data(args, model)
     settings = settings_from(args, choice)
-    add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     if args.tune:
+        make_output_dirs(settings)
+        add_log_file(settings.log_dir, f"{model}-{args.dataset}")
         return cmd_tune(args, model, settings)
     cells = build_cells(model, args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates)
+    from .runner import check_cells
+    check_cells(cells, settings)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, choice.data, len(cells))
     run_sweep(cells, settings)
     return 0
@@ -287,6 +297,17 @@ def cmd_models(argv) -> int:
     ArgumentParser(prog="mmsa models", description="List every registered model.").parse_args(argv)
     for name, source in host.registered_models().items():
         print(f"{name:12s} {source}")
+    return 0
+
+
+def cmd_components(argv) -> int:
+    from . import components
+    ArgumentParser(prog="mmsa components",
+                   description="List every registered component (local and global alignments, missing-modality "
+                               "protocols) with the distribution that provides it.").parse_args(argv)
+    for kind in components.GROUPS:
+        for name, component in components.registry(kind).items():
+            print(f"{kind:17s} {name:12s} {component.distribution}")
     return 0
 
 
@@ -323,9 +344,12 @@ def cmd_ablate(argv) -> int:
     check_options(args)
     choice = prepare_data(args, "alignmamba")
     settings = settings_from(args, choice)
-    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
     cells = build_cells("alignmamba", args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates,
                         variants=[v if v != "alignmamba" else "" for v in args.variants])
+    from .runner import check_cells
+    check_cells(cells, settings)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
     run_sweep(cells, settings)
     return 0
 
@@ -351,8 +375,8 @@ def cmd_bench(argv) -> int:
     return bench_main(argv)
 
 
-COMMANDS = {"models": cmd_models, "make-synthetic": cmd_make_synthetic, "ablate": cmd_ablate,
-            "report": cmd_report, "bench": cmd_bench}
+COMMANDS = {"models": cmd_models, "components": cmd_components, "make-synthetic": cmd_make_synthetic,
+            "ablate": cmd_ablate, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

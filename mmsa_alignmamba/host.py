@@ -41,7 +41,7 @@ __all__ = [
     "resolve_output_dirs", "checkpoint_path", "mmsa_dataset_root", "dataset_relative_path",
     "aligned_dataset_params",
     # MMSA's building blocks for our runner
-    "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
+    "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
     "metrics_for", "metrics_text",
 ]
 
@@ -465,6 +465,20 @@ def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool
     install()
     getter = MMSA.config.get_config_tune if tune else MMSA.config.get_config_regression
     return getter(check_model_name(model_name), dataset_name.lower(), config_file or "")
+
+
+def check_model_args(args) -> None:
+    """A plugin model may check its config before anything runs: its entry point's ``check_args(args)``
+    raises ValueError / TypeError on a bad value; that becomes one InputError naming the model."""
+    plugin = plugins().get(str(args["model_name"]).lower())
+    check = getattr(plugin.model, "check_args", None) if plugin else None
+    if check is not None:
+        try:
+            check(args)
+        except InputError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise InputError(f"config of {plugin.name}: {e}") from None
 
 
 def build_model(args) -> torch.nn.Module:

@@ -31,9 +31,10 @@ What "missing" means for a whole modality
   absent (changing lengths to 0 would break packed-sequence encoders of the
   built-in models).
 
-Protocols (``MISSING_PROTOCOLS``, one class each, whose docstring says what it drops and
-where it comes from): ``imder`` (:class:`ImderProtocol`), ``sample`` (:class:`SampleProtocol`),
-``frame`` (:class:`FrameProtocol`).
+Protocols, one class each, whose docstring says what it drops and where it comes from:
+``imder`` (:class:`ImderProtocol`), ``sample`` (:class:`SampleProtocol`), ``frame``
+(:class:`FrameProtocol`). They are registered by name under the entry-point group
+``mmsa.missing_protocols``, where other distributions can add their own (:func:`make_protocol`).
 
 Seeding uses ``numpy.random.SeedSequence`` entropy lists
 ``[seed, crc32(protocol), crc32(split), ...]`` so streams are stable across
@@ -50,11 +51,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from . import components
 from .datasets import MODALITIES
 from .safeio import InputError
 
 __all__ = [
-    "MISSING_PROTOCOLS",
     "MODALITIES",
     "UNK_TOKEN_ID",
     "IMDER_MISS_2",
@@ -436,16 +437,10 @@ class FrameProtocol(MissingProtocol):
         out["modality_mask"] = torch.from_numpy(present).to(_as_tensor(out["audio"]).device)
 
 
-_PROTOCOL_CLASSES = {cls.name: cls for cls in (ImderProtocol, SampleProtocol, FrameProtocol)}
-MISSING_PROTOCOLS = tuple(_PROTOCOL_CLASSES)  # ("imder", "sample", "frame")
-
-
 def make_protocol(name: str, rate: float, seed: int, use_bert: bool = False) -> MissingProtocol:
-    """Build a protocol by name (one of ``MISSING_PROTOCOLS``); rate must be in [0, 1)."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in _PROTOCOL_CLASSES:
-        raise InputError(f"unknown missing-modality protocol {name!r}; valid: {', '.join(MISSING_PROTOCOLS)}")
-    return _PROTOCOL_CLASSES[key](rate, seed, use_bert)
+    """Build a registered protocol (entry-point group ``mmsa.missing_protocols``: ``imder``,
+    ``sample``, ``frame`` and any third party's) by name; rate must be in [0, 1)."""
+    return components.get("missing_protocol", name)(rate, seed, use_bert)
 
 
 # --------------------------------------------------------------------------- loader

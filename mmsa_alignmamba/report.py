@@ -121,13 +121,16 @@ PLAN_KINDS = {"ot": "OT plan", "soft_ot": "soft OT plan", "none": "time-proporti
 def alignment_table(summary: pd.DataFrame) -> str:
     """Markdown: where the true frame→word map was known, the share of audio and vision frames
     each plan sends to their true word, exactly / within ±1 word (%, mean over seeds)."""
-    columns = [(kind, m) for kind in PLAN_KINDS for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
+    found = {c.split("_", 1)[1].rsplit("_", 1)[0] for c in summary.columns
+             if c.startswith("Plan_") and not c.endswith("_std")}
+    kinds = [k for k in PLAN_KINDS if k in found] + sorted(found - set(PLAN_KINDS))  # third parties' last
+    columns = [(kind, m) for kind in kinds for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
     if not columns:
         return ""
     rows = summary.dropna(subset=[f"Plan_{k}_{m}" for k, m in columns], how="all")
     if rows.empty:
         return ""
-    head = ["Model", "Dataset", "Data", "Protocol", "MissingRate", "Seeds"] + [f"{PLAN_KINDS[k]}: {m}" for k, m in columns]
+    head = ["Model", "Dataset", "Data", "Protocol", "MissingRate", "Seeds"] + [f"{PLAN_KINDS.get(k, k + ' plan')}: {m}" for k, m in columns]
     text = ("\n## Alignment: frames sent to their true word, exact / within ±1 word (%)\n\n"
             "Measured on the test split against the data's true frame→word map; the model's own plan is "
             "the one its config names (`local_alignment`), the others are computed on the same features.\n\n")

@@ -105,6 +105,13 @@ def build_args(cell: Cell, settings: RunSettings):
     return args
 
 
+def check_cells(cells: list[Cell], settings: RunSettings) -> None:
+    """Before anything is trained or written: each distinct (model, variant, dataset)'s config
+    loads and its model accepts it, so a bad config is one error, not a traceback mid-sweep."""
+    for cell in {Cell(c.model, c.dataset, c.data, 0, variant=c.variant): c for c in cells}.values():
+        host.check_model_args(build_args(cell, settings))
+
+
 def attach_true_alignment(loaders, feature_path) -> None:
     """Give each split's dataset its true frame->word maps (``dataset.true_tokens``: modality ->
     (N, T_m) long tensor), which the trainer uses to measure how well plans align."""
