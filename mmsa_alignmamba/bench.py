@@ -58,6 +58,7 @@ from pathlib import Path
 
 from .datasets import MOSI_FEATURE_DIMS
 from .safeio import InputError, atomic_write, atomic_write_text
+from .settings import output_root
 
 MODELS = ("alignmamba", "mult", "transformer")
 LABELS = {"alignmamba": "AlignMamba", "mult": "MulT (MMSA)", "transformer": "Transformer fusion"}
@@ -852,9 +853,8 @@ def main(argv=None) -> int:
         opts.memory_limit_gb = round(0.6 * available / 2**20, 1) if available else None
     elif opts.memory_limit_gb is not None and opts.memory_limit_gb <= 0:
         raise InputError(f"--memory-limit-gb must be > 0, got {opts.memory_limit_gb}")
-    from . import host
-    opts.cache_dir = Path(opts.cache_dir) if opts.cache_dir else host.DEFAULT_OUTPUT_ROOT
-    out = Path(opts.out) if opts.out else host.DEFAULT_OUTPUT_ROOT / "bench" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    opts.cache_dir = Path(opts.cache_dir) if opts.cache_dir else output_root()
+    out = Path(opts.out) if opts.out else output_root() / "bench" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import host
 from .safeio import InputError
+from .settings import RunSettings, output_root, resolve_output_dirs
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -137,7 +138,7 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
     """-> (path of the dataset pickle to use, data tag 'real' or 'synthetic-<size>')."""
     if args.synthetic:
         from .synthetic import data_tag, ensure_synthetic, read_metadata
-        cache = Path(args.data_dir) if args.data_dir else host.DEFAULT_OUTPUT_ROOT
+        cache = Path(args.data_dir) if args.data_dir else output_root()
         path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0,
                                 task=args.synthetic_task)
         logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
@@ -172,7 +173,7 @@ def prepare_data(args, model: str):
     feature_path, data = resolve_data(args, aligned)
     # MOSI and MOSEI both ship Processed/unaligned_50.pkl: the cleaned copy's name carries the source path
     source = hashlib.sha1(str(Path(feature_path).resolve()).encode()).hexdigest()[:8]
-    cleaned = host.DEFAULT_OUTPUT_ROOT / "cleaned" / f"{Path(feature_path).stem}-{source}-finite.pkl"
+    cleaned = output_root() / "cleaned" / f"{Path(feature_path).stem}-{source}-finite.pkl"
     report = validate_dataset(feature_path, args.dataset, use_bert=bool(config.get("use_bert")), aligned=aligned,
                               fix_nonfinite=args.fix_nonfinite, fixed_copy=cleaned)
     for flag, key, path in (("-Ft", "text", args.feature_T), ("-Fa", "audio", args.feature_A),
@@ -205,7 +206,7 @@ def check_options(args) -> None:
     if args.missing_protocol is None and args.missing_rates:
         raise InputError("--missing-rates needs --missing-protocol")
     resolve_device(args)
-    for name, d in host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
+    for name, d in resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
         existing = d
         while not existing.exists() and existing != existing.parent:  # nearest existing ancestor
             existing = existing.parent
@@ -216,8 +217,7 @@ def check_options(args) -> None:
 
 
 def settings_from(args, choice: "DataChoice"):
-    from .runner import RunSettings
-    dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
+    dirs = resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
     return RunSettings(
         config_file=args.config or None, feature_path=choice.path, feature_T=args.feature_T,
         feature_A=args.feature_A, feature_V=args.feature_V, aligned=choice.aligned, device=resolve_device(args),
@@ -360,7 +360,7 @@ def cmd_report(argv) -> int:
                                 "of every run in a results directory.")
     p.add_argument("--results-dir", default="", help='default "~/MMSA/results"')
     args = p.parse_args(argv)
-    res_dir = host.resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
+    res_dir = resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
     if not (res_dir / "cells").is_dir():
         raise InputError(f"no finished runs under {res_dir} (expected {res_dir / 'cells'})")
     paths = write_report(res_dir)

@@ -31,14 +31,15 @@ from typing import Any, Callable
 import torch
 
 from .safeio import DataFileError, InputError, atomic_write, safe_pickle_loads
+from .settings import checkpoint_path, resolve_output_dirs
 
 __all__ = [
     # discovery and registration
     "ENTRY_POINT_GROUPS", "Plugin", "plugins", "refresh_plugins", "builtin_models", "registered_models",
     "check_model_name", "UnknownModelError", "install", "install_when_mmsa_imports", "COMPAT_FIXES",
     # configs and data locations
-    "DATASETS", "DEFAULT_OUTPUT_ROOT", "mmsa_default_config", "default_configs_text", "load_config",
-    "resolve_output_dirs", "checkpoint_path", "mmsa_dataset_root", "dataset_relative_path",
+    "DATASETS", "mmsa_default_config", "default_configs_text", "load_config", "mmsa_dataset_root",
+    "dataset_relative_path",
     "aligned_dataset_params",
     # MMSA's building blocks for our runner
     "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
@@ -49,7 +50,6 @@ logger = logging.getLogger("mmsa_alignmamba")
 
 ENTRY_POINT_GROUPS = ("mmsa.models", "mmsa.trainers", "mmsa.configs")
 DATASETS = ("mosi", "mosei", "sims")
-DEFAULT_OUTPUT_ROOT = Path.home() / "MMSA"
 
 
 class UnknownModelError(KeyError):
@@ -304,13 +304,6 @@ def fix_duplicate_log_handlers() -> None:
     MMSA.run._set_logger = _set_logger
 
 
-def resolve_output_dirs(model_save_dir=None, res_save_dir=None, log_dir=None) -> dict[str, Path]:
-    """'' or None means MMSA's documented default under ~/MMSA/, never the working directory."""
-    chosen = {"model_save_dir": model_save_dir, "res_save_dir": res_save_dir, "log_dir": log_dir}
-    defaults = {"model_save_dir": "saved_models", "res_save_dir": "results", "log_dir": "logs"}
-    return {k: Path(v) if v not in (None, "") else DEFAULT_OUTPUT_ROOT / defaults[k] for k, v in chosen.items()}
-
-
 def fix_empty_paths() -> None:
     """`python -m MMSA` passes '' for -c and the output dirs: '' becomes Path('.'), so -c fails
     with FileNotFoundError('.') and results, models and logs land in the working directory."""
@@ -333,11 +326,6 @@ def fix_empty_paths() -> None:
         return original(*call.args, **call.kwargs)
 
     MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
-
-
-def checkpoint_path(model_save_dir, model_name: str, dataset_name: str, seed: int) -> Path:
-    """One checkpoint per (model, dataset, seed) instead of one file every seed overwrites."""
-    return Path(model_save_dir) / f"{model_name}-{dataset_name}-seed{seed}.pth"
 
 
 def fix_checkpoint_per_seed() -> None:

@@ -9,11 +9,9 @@ that checkpoint at every missing rate (the model is the same for every rate).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 
 from . import host
 from .results import COMPLETE, Cell, ResultStore
+from .settings import RunSettings
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -46,41 +45,6 @@ class EpochBudget:
         return iter(self.loader)
 
 
-@dataclass
-class RunSettings:
-    """Everything about a run that is not the cell itself."""
-    config_file: str | None = None
-    feature_path: str | None = None      # the dataset pickle (real, custom or synthetic)
-    feature_T: str = ""
-    feature_A: str = ""
-    feature_V: str = ""
-    aligned: bool = False
-    device: str = "cpu"
-    num_workers: int = 0
-    epochs: int | None = None
-    early_stop: int | None = None
-    pretrained: str | None = None
-    train_missing: bool = False
-    true_alignment: bool = False         # the data carries true frame->word maps: measure plan accuracy
-    oracle: dict | None = None           # the synthetic generator's oracle ladder for this data, if any
-    overrides: dict = field(default_factory=dict)
-    model_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "saved_models"
-    res_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "results"
-    log_dir: Path = host.DEFAULT_OUTPUT_ROOT / "logs"
-
-
-    def fingerprint(self) -> str:
-        """What makes two runs of the same cell comparable: config contents, data, training budget.
-        Without -c the config is MMSA's and the plugins' shipped defaults, so those count: after an
-        upgrade that changes a default, old results are run again rather than silently reused."""
-        config_text = Path(self.config_file).read_text() if self.config_file else host.default_configs_text()
-        relevant = {k: str(v) for k, v in asdict(self).items()
-                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file",
-                                 "true_alignment", "oracle")}
-        relevant["config"] = config_text
-        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def build_args(cell: Cell, settings: RunSettings):
     """MMSA's config for the cell, with this run's data paths, device and overrides."""
     args = host.load_config(cell.model, cell.dataset, settings.config_file)
@@ -90,7 +54,7 @@ def build_args(cell: Cell, settings: RunSettings):
         featurePath=settings.feature_path or args["featurePath"], custom_feature=None,
         feature_T=settings.feature_T, feature_A=settings.feature_A, feature_V=settings.feature_V,
         device=torch.device(settings.device), train_mode="regression",
-        model_save_path=Path(settings.model_save_dir) / f"{cell.slug}.pth",
+        model_save_path=settings.checkpoint_path(cell),
     )
     if settings.early_stop is not None:
         args["early_stop"] = settings.early_stop

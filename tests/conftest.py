@@ -1,8 +1,8 @@
 """Shared fixtures: tiny SYNTHETIC MOSI-format data, an isolated HOME, clean MMSA loggers.
 
 Nothing a test does may write to the real ~/MMSA: HOME is moved to a temporary folder for
-the whole session (so subprocesses and `Path.home()` move too), and `host.DEFAULT_OUTPUT_ROOT`
-(computed when `host` is imported) is pointed at each test's own temporary HOME.
+the whole session (so subprocesses and `Path.home()` move too), and to each test's own temporary
+HOME; the output root (~/MMSA) is read from HOME at call time, so it follows.
 """
 from __future__ import annotations
 
@@ -29,20 +29,16 @@ def session_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
         mp.delenv("MMSA_DATA_DIR", raising=False)
-        from mmsa_alignmamba import host
-        mp.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
         yield home
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """A fresh HOME per test; `host.DEFAULT_OUTPUT_ROOT` follows it (it is computed at import)."""
-    from mmsa_alignmamba import host
+    """A fresh HOME per test; the output root (~/MMSA) follows it."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("MMSA_DATA_DIR", raising=False)
-    monkeypatch.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
     assert Path.home() == home
     return home
 

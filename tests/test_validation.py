@@ -6,8 +6,8 @@ pickles are refused by the allow-list unpickler before their payload can run, th
 validation, `safeio.safe_pickle_load`, MMSA's own `MMDataLoader` (patched on import) and
 checkpoint loading (torch.load(weights_only=True)).
 
-The command is driven in-process (`cli.main([...])`); HOME and `host.DEFAULT_OUTPUT_ROOT`
-point into the test's tmp dir, and every output dir is passed explicitly.
+The command is driven in-process (`cli.main([...])`); HOME (so the output root ~/MMSA)
+points into the test's tmp dir, and every output dir is passed explicitly.
 """
 from __future__ import annotations
 
@@ -80,7 +80,6 @@ def env(tmp_path, monkeypatch):
     e = Env(tmp_path)
     monkeypatch.setenv("HOME", str(e.home))
     monkeypatch.delenv("MMSA_DATA_DIR", raising=False)
-    monkeypatch.setattr(host, "DEFAULT_OUTPUT_ROOT", e.home / "MMSA")
     monkeypatch.chdir(e.inputs)  # anything written to the working directory would show up too
     yield e
     _drop_file_handlers()
