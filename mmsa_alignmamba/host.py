@@ -17,7 +17,9 @@ Entry-point groups (read with importlib.metadata):
 from __future__ import annotations
 
 import builtins
+import difflib
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -98,7 +100,7 @@ def plugins() -> dict[str, Plugin]:
 def refresh_plugins() -> None:
     """Forget cached discovery (after installing a distribution at run time, e.g. in tests)."""
     plugins.cache_clear()
-    _merged_config_file.cache_clear()
+    _written_config.cache_clear()
 
 
 def builtin_models() -> list[str]:
@@ -135,27 +137,112 @@ def default_configs_text() -> str:
     return "\n".join(f"{path.name}\n{path.read_text()}" for path in paths)
 
 
+def _default_config(kind: str, model_name: str) -> dict:
+    """MMSA's default config JSON, with the plugin's section added when `model_name` is a plugin's."""
+    config = json.loads(mmsa_default_config(kind).read_text())
+    if model_name in plugins() and model_name not in config:
+        config[model_name] = json.loads(plugins()[model_name].config_path.read_text())[model_name]
+    return config
+
+
+def _read_user_config(path) -> dict:
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        raise InputError(f"config file {path} not found")
+    try:
+        config = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"config file {path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object", type(None): "null"}[type(value)]
+
+
+def _check_section(user: dict, default: dict, where: str, path, known: set[str]) -> None:
+    """Every key of ``user`` must exist in ``default`` (or ``known``) with a value of the same JSON kind."""
+    for key, value in user.items():
+        if key not in default and key not in known:
+            close = difflib.get_close_matches(key, sorted(set(default) | known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"config file {path}: unknown key {where}.{key}{hint}")
+        if key not in default:
+            continue
+        expected = default[key]
+        if isinstance(expected, dict) and isinstance(value, dict):
+            _check_section(value, expected, f"{where}.{key}", path, set())
+        elif expected is not None and value is not None and _json_kind(value) != _json_kind(expected):
+            raise InputError(f"config file {path}: {where}.{key} must be {_json_kind(expected)} "
+                             f"(like the default {json.dumps(expected)}), got {json.dumps(value)}")
+
+
+def _merge(default: dict, user: dict) -> dict:
+    """``user`` over ``default``, recursively for objects."""
+    out = dict(default)
+    for key, value in user.items():
+        out[key] = _merge(default[key], value) if isinstance(value, dict) and isinstance(default.get(key), dict) \
+            else value
+    return out
+
+
+def _check_user_config(user: dict, default: dict, path) -> None:
+    """Keys and value kinds of a user config against the defaults. A model section may hold any key
+    its model declares (``config_keys`` on a plugin's model entry point) besides the default ones."""
+    for name, section in user.items():
+        if name not in default:
+            continue  # a section for a model that has no defaults here: MMSA reads it as it is
+        if not isinstance(section, dict):
+            raise InputError(f"config file {path}: {name} must be an object, got {json.dumps(section)}")
+        plugin = plugins().get(name)
+        known = set(getattr(plugin.model, "config_keys", ())) if plugin else set()
+        if name == "datasetCommonParams":
+            _check_section(section, default[name], name, path, set())
+            continue
+        for part, params in section.items():
+            if part not in default[name]:
+                close = difflib.get_close_matches(part, sorted(default[name]), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"config file {path}: unknown key {name}.{part}{hint}")
+            if part == "datasetParams":
+                for dataset, values in params.items():
+                    defaults = default[name][part].get(dataset, {})
+                    _check_section(values, defaults, f"{name}.{part}.{dataset}", path,
+                                   known | set(default[name].get("commonParams", {})))
+            else:
+                _check_section(params, default[name][part], f"{name}.{part}", path,
+                               known | {k for d in default[name].get("datasetParams", {}).values() for k in d})
+
+
 @functools.lru_cache(maxsize=None)
-def _merged_config_file(base: str, name: str) -> str:
-    """A temp copy of the JSON `base` with plugin `name`'s section added, for MMSA's loaders."""
-    with open(base) as f:
-        merged = json.load(f)
-    with open(plugins()[name].config_path) as f:
-        merged[name] = json.load(f)[name]
-    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"{Path(base).stem}+{name}.json"
-    tmp.write_text(json.dumps(merged))
+def _written_config(text: str) -> str:
+    """A config's text as a file MMSA can read (one per distinct content, per process)."""
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"config-{digest}.json"
+    tmp.write_text(text)
     return str(tmp)
 
 
 def _config_file_for(model_name: str, config_file, kind: str) -> str:
-    """MMSA reads one JSON per call; hand it one that holds the plugin's section when needed."""
-    base = str(config_file) if config_file not in (None, "") else str(mmsa_default_config(kind))
-    if model_name in plugins():
-        with open(base) as f:
-            has_section = model_name in json.load(f)
-        if not has_section:
-            return _merged_config_file(base, model_name)
-    return base
+    """MMSA reads one JSON per call and needs every section: hand it the defaults (with the
+    plugin's section) and, when a config is given, that config merged over them, after checking
+    its keys and value kinds; a config may hold only the keys it changes."""
+    default = _default_config(kind, model_name)
+    if config_file in (None, ""):
+        if model_name in plugins():
+            return _written_config(json.dumps(default))
+        return str(mmsa_default_config(kind))
+    user = _read_user_config(config_file)
+    _check_user_config(user, default, config_file)
+    return _written_config(json.dumps(_merge(default, user)))
 
 
 # --------------------------------------------------------------------------------------

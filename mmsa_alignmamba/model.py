@@ -370,8 +370,12 @@ def AlignMambaForMMSA(args) -> AlignMamba:
     return AlignMamba.from_mmsa_args(args)
 
 
-# Lets the runner check a config before anything is trained or written (host.check_model_args).
+# Lets the runner check a config before anything is trained or written (host.check_model_args),
+# and a user config use every key the model and its trainer read, not only those the JSON lists.
 AlignMambaForMMSA.check_args = AlignMambaConfig.from_mmsa_args
+AlignMambaForMMSA.config_keys = tuple(f.name for f in fields(AlignMambaConfig)) + (
+    "align_weight", "plan_weight", "max_epochs", "early_stop", "grad_clip", "lr_schedule", "ema_decay",
+    "learning_rate", "weight_decay", "batch_size", "KeyEval")
 
 
 # The paper's Table 3 ablations (plus language-only, the paper's cosine OT cost and our modality
