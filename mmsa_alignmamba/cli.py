@@ -43,6 +43,10 @@ def _rate(text: str) -> float:
     return value
 
 
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("-d", "--dataset", type=str.lower, default="mosi", choices=host.DATASETS, help="dataset (default mosi)")
@@ -80,9 +84,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="local BERT folder for BERT-based models (no hub downloads here)")
     m = p.add_argument_group("missing modalities")
     from . import components
-    m.add_argument("--missing-protocol", choices=components.names("missing_protocol"), help="run a missing-rate sweep with this protocol")
+    protocols = components.registry("missing_protocol")
+    meanings = "; ".join(f"{name}: {_first_line(c.obj.__doc__).split(': ', 1)[-1].rstrip('.')}"
+                         for name, c in protocols.items())
+    m.add_argument("--missing-protocol", choices=list(protocols),
+                   help=f"run a missing-rate sweep with this protocol ({meanings})")
     m.add_argument("--missing-rates", nargs="+", type=_rate, default=None,
-                   help="missing rates (default 0.1 0.2 … 0.7 with --missing-protocol)")
+                   help="missing rates in [0, 1); 0 = complete data (default 0.1 0.2 … 0.7 with --missing-protocol)")
     m.add_argument("--train-missing", action="store_true", help="train with the same protocol too (as IMDer does)")
 
 
@@ -334,8 +342,11 @@ def cmd_make_synthetic(argv) -> int:
 
 def cmd_ablate(argv) -> int:
     from .model import ABLATIONS
-    p = ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
-                                "(paper Table 3, plus our modality_dropout), same seeds, one table.")
+    from .model import ABLATION_MEANINGS
+    p = ArgumentParser(prog="mmsa ablate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="AlignMamba and every ablation variant (paper Table 3, plus ours), same seeds, "
+                                   "one table.\n\nvariants:\n" + "\n".join(
+                                       f"  {name:17s} {meaning}" for name, meaning in ABLATION_MEANINGS.items()))
     _add_data_options(p)
     _add_run_options(p)
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
@@ -356,8 +367,11 @@ def cmd_ablate(argv) -> int:
 
 def cmd_report(argv) -> int:
     from .report import write_report
-    p = ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots "
-                                "of every run in a results directory.")
+    p = ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots of every finished "
+                       "run in a results directory. Writes there: leaderboard.csv and leaderboard.md (mean ± std over "
+                       "seeds per model and setting, oracle rows of synthetic data, plan accuracies where the true "
+                       "alignment is known), leaderboard-robustness.csv (average and Δ over missing rates, when there "
+                       "are any) and plots/*.png (Acc-2 vs missing rate).")
     p.add_argument("--results-dir", default="", help='default "~/MMSA/results"')
     args = p.parse_args(argv)
     res_dir = resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]

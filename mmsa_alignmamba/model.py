@@ -394,3 +394,16 @@ ABLATIONS: dict[str, dict] = {
     "language_only": {"modalities": ["text"]},
     "modality_dropout": {"modality_dropout": 0.3},
 }
+ABLATION_MEANINGS: dict[str, str] = {
+    "alignmamba": "the model as configured",
+    "paper_ot_cost": "the paper's OT cost (cosine of encoded features) instead of the learned aligner's",
+    "wo_local_ot": "no local alignment: the time-proportional plan puts audio/vision on the word grid",
+    "wo_global_mmd": "no global alignment (no MMD loss)",
+    "single_stream": "modalities concatenated along time, unaligned, one Mamba",
+    "multi_stream": "one Mamba per modality, pooled and fused late",
+    "wo_audio": "text and vision only",
+    "wo_video": "text and audio only",
+    "wo_language": "audio and vision only (vision mapped onto the audio timeline)",
+    "language_only": "text only",
+    "modality_dropout": "ours: training-time modality dropout 0.3 (robustness to missing modalities)",
+}

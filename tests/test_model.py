@@ -248,3 +248,8 @@ def test_config_rejects_bad_alignment_options():
                 dict(likelihood_prior_init=0.0), dict(ot_temperature=0.0)):
         with pytest.raises(ValueError, match="AlignMambaConfig"):
             AlignMambaConfig(**bad)
+
+
+def test_every_ablation_has_a_meaning():
+    from mmsa_alignmamba.model import ABLATION_MEANINGS
+    assert list(ABLATION_MEANINGS) == list(ABLATIONS)
