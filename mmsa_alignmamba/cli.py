@@ -157,6 +157,9 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
         relative = host.dataset_relative_path(args.dataset, aligned)
         root = Path(args.data_dir) if args.data_dir else host.mmsa_dataset_root()
         path = root / relative
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; --feature-path wants one MMSA-format .pkl file "
+                         "(a folder of MMSA's datasets goes to --data-dir)")
     if not path.is_file():
         raise InputError(
             f"dataset file not found: {path}. Download MMSA's processed {args.dataset.upper()} features "
@@ -259,8 +262,13 @@ def run_sweep(cells, settings) -> dict:
 
     from .report import write_summary
     from .runner import run_cells
-    with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
-        run_cells(cells, settings, progress=bar)
+    try:
+        with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
+            run_cells(cells, settings, progress=bar)
+    except KeyboardInterrupt:  # the finished cells still make a summary; a rerun resumes the rest
+        write_summary(settings.res_save_dir)
+        logger.info("interrupted: summary of the finished runs written to %s", settings.res_save_dir)
+        raise
     paths = write_summary(settings.res_save_dir)
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():

@@ -428,3 +428,20 @@ def test_device_cuda_without_cuda_is_an_input_error(tmp_path, tiny_pkl, capsys):
     rc, _, err = _main(["-m", "lf_dnn", "--feature-path", tiny_pkl, "--device", "cuda", *_dirs(tmp_path / "o")],
                        capsys)
     assert rc == 2 and "CUDA" in _error_line(err)
+
+
+def test_ctrl_c_keeps_a_summary_of_the_finished_runs(tmp_path, tiny_pkl, capsys, monkeypatch):
+    from mmsa_alignmamba import runner
+    run_cells = runner.run_cells
+
+    def first_then_interrupt(cells, settings, progress=None):
+        run_cells(cells[:1], settings, progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_cells", first_then_interrupt)
+    out = tmp_path / "out"
+    rc, _, err = _main(["-m", "lf_dnn", "-d", "mosi", "--feature-path", tiny_pkl, "-s", "1", "-s", "2", "--epochs", "1",
+                        *_dirs(out)], capsys)
+    assert rc == 130 and "interrupted" in err
+    rows = _summary(out / "results")
+    assert [r["Seeds"] for r in rows] == ["1"]
