@@ -173,6 +173,17 @@ def mmsa_script() -> str:
     return found
 
 
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`mmsa` (cli.main) in this process -> (exit status, stdout, stderr); argparse's exits count too."""
+    from mmsa_alignmamba import cli
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def run_mmsa(args, home: Path, cwd: Path | None = None, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
     """Run the installed `mmsa` console script in a fresh process with HOME=home."""
     env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH")}

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import mmsa_alignmamba  # noqa: F401
+from conftest import run_cli as _main
 from conftest import run_mmsa
-from mmsa_alignmamba import cli, host
+from mmsa_alignmamba import host
 
 KEY_COLUMNS = {"Model", "Dataset", "Data", "Protocol"}
 
@@ -26,16 +27,6 @@ KEY_COLUMNS = {"Model", "Dataset", "Data", "Protocol"}
 def _dirs(root: Path) -> list[str]:
     return ["--res-save-dir", str(root / "results"), "--model-save-dir", str(root / "models"),
             "--log-dir", str(root / "logs")]
-
-
-def _main(argv, capsys) -> tuple[int, str, str]:
-    """cli.main in this process -> (exit status, stdout, stderr); argparse's exits count too."""
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _error_line(err: str) -> str:

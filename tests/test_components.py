@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import mmsa_alignmamba  # noqa: F401
-from mmsa_alignmamba import cli, components, host
+from conftest import run_cli as _main
+from mmsa_alignmamba import components, host
 
 TOY_MODULE = textwrap.dedent('''
     """A third party's components: a local alignment and a missing-modality protocol."""
@@ -68,14 +69,6 @@ def toy_components(tmp_path, monkeypatch):
     sys.modules.pop("toy_components", None)
     components.refresh()
 
-
-def _main(argv, capsys):
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _config(tmp_path: Path, **alignmamba) -> Path:

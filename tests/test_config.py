@@ -9,18 +9,11 @@ from pathlib import Path
 import pytest
 
 import mmsa_alignmamba  # noqa: F401
-from mmsa_alignmamba import cli, host
+from conftest import run_cli as _main
+from mmsa_alignmamba import host
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _main(argv, capsys):
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _write(tmp_path, content, name="my.json") -> Path:

@@ -139,6 +139,18 @@ def word_average(idx, frames, T_l):
     return res
 
 
+def add_labels(out: dict, labels: np.ndarray, unimodal: Mapping[str, np.ndarray], preset: Mapping[str, Any],
+               split: str, raw_text) -> None:
+    """A split's labels in MMSA's keys, in MMSA's order: regression labels (and SIMS's unimodal
+    ones), 3-class labels, annotations, sample ids, raw text."""
+    out["regression_labels"] = labels
+    if preset["unimodal_labels"]:
+        for m in "TAV":
+            out["regression_labels_" + m] = unimodal[m]
+    out.update(labels_and_ids(labels, split))
+    out["raw_text"] = raw_text
+
+
 def labels_and_ids(labels: np.ndarray, split: str) -> dict[str, np.ndarray]:
     """MMSA's label companions: 3-class labels, annotations and sample ids."""
     n = labels.shape[0]

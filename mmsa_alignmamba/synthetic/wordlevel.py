@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import CHUNK, CLS, SEP, TRUE_MAP_KEYS, labels_and_ids, quantize, word_average
+from .common import CHUNK, CLS, SEP, TRUE_MAP_KEYS, add_labels, quantize, word_average
 
 # --- fixed constants of the generative model -------------------------------------------
 _VOCAB = 2000
@@ -315,12 +315,7 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         out["vision_lengths"] = lengths["vision"]
         for m, key in TRUE_MAP_KEYS.items():
             out[key] = maps[m]
-    out["regression_labels"] = labels
-    if p["unimodal_labels"]:
-        for m in "TAV":
-            out["regression_labels_" + m] = uni[m]
-    out.update(labels_and_ids(labels, split))
-    out["raw_text"] = raw_text
+    add_labels(out, labels, uni, p, split, raw_text)
     latents = None
     if keep_latents:
         latents = {k: np.concatenate(v) for k, v in lat_keep.items()}
