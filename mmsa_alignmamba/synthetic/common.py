@@ -139,6 +139,32 @@ def word_average(idx, frames, T_l):
     return res
 
 
+VOCAB_OFFSET = 1000  # word w is BERT id w + 1000 (clear of [PAD], [CLS], [SEP], [UNK])
+TEXT_NOISE = 0.3     # std of the noise on the text features
+
+
+def write_text(out: dict, sl: slice, s0: int, rng: np.random.Generator, tokens: np.ndarray, tok_mask: np.ndarray,
+               projection: np.ndarray, word_ids: np.ndarray, wmask: np.ndarray, n_words: np.ndarray,
+               vocab_words, raw_text) -> None:
+    """One chunk's text in MMSA's keys: features = latent ``tokens`` (B, T_l, d_z) projected to the
+    text width plus noise (padding exactly 0), BERT ids ([CLS] words [SEP]) and mask, raw text."""
+    B, T_l = tok_mask.shape
+    W = word_ids.shape[1]
+    txt = tokens[tok_mask].astype(np.float32) @ projection      # only real tokens
+    noise = rng.standard_normal(txt.shape, dtype=np.float32)
+    noise *= np.float32(TEXT_NOISE)
+    txt += noise
+    out["text"][sl][tok_mask] = txt
+    ids = np.zeros((B, T_l), np.float32)
+    ids[:, 1:W + 1] = np.where(wmask, word_ids + VOCAB_OFFSET, 0)
+    ids[:, 0] = CLS
+    ids[np.arange(B), n_words + 1] = SEP
+    out["text_bert"][sl, 0] = ids
+    out["text_bert"][sl, 1] = tok_mask.astype(np.float32)
+    for i in range(B):
+        raw_text[s0 + i] = " ".join(vocab_words[t] for t in word_ids[i, : n_words[i]])
+
+
 def add_labels(out: dict, labels: np.ndarray, unimodal: Mapping[str, np.ndarray], preset: Mapping[str, Any],
                split: str, raw_text) -> None:
     """A split's labels in MMSA's keys, in MMSA's order: regression labels (and SIMS's unimodal
