@@ -127,7 +127,9 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     machine = machine_info(opts.device, opts.threads)
-    report = {"tool": "mmsa bench", "machine": machine, "command": "mmsa bench " + " ".join(argv),
+    # The command as given, except that the output folder is named, not located (no machine's paths).
+    shown = [Path(a).name if i and argv[i - 1] == "--out" else a for i, a in enumerate(argv)]
+    report = {"tool": "mmsa bench", "machine": machine, "command": "mmsa bench " + " ".join(shown),
               "inputs": "RANDOM tensors (inference) / SYNTHETIC MOSI-format data (training): not real data",
               "settings": {"device": opts.device, "lengths": opts.lengths, "batch": opts.batch, "models": opts.models,
                            "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget, "quick": opts.quick,

@@ -151,7 +151,7 @@ def bench_kernels_section(opts, log) -> dict:
               else {})
     log(f"  kernels: bench_kernels({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) — CPU kernels")
     rows = bench_kernels(**kwargs)
-    return {"status": "ok", "source": __file__, "rows": rows, "table": markdown_table(rows)}
+    return {"status": "ok", "source": __name__, "rows": rows, "table": markdown_table(rows)}
 
 
 def kernels_markdown(report) -> str:

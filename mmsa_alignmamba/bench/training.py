@@ -3,6 +3,7 @@ MOSI-sized SYNTHETIC data through MMSA's loader."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .baselines import BASELINES, build_args, build_bench_model
 from .render import _load_note
@@ -21,7 +22,9 @@ def bench_train(opts, log) -> dict:
     batch_size = opts.train_batch
     if batch_size is None:
         batch_size = int(host.load_config("alignmamba", "mosi")["batch_size"])
-    results = {"data": f"SYNTHETIC MOSI-format unaligned ({size}; not real data): {path}", "batch_size": batch_size,
+    where = Path(path).relative_to(opts.cache_dir) if Path(path).is_relative_to(opts.cache_dir) else Path(path).name
+    results = {"data": f"SYNTHETIC MOSI-format unaligned ({size}; not real data): {where} in the cache folder",
+               "batch_size": batch_size,
                "max_batches": opts.train_max_batches, "optimizer": "Adam", "models": {}}
     for model_name in ("alignmamba", "mult"):
         torch.manual_seed(0)
