@@ -164,7 +164,8 @@ def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
     store = ResultStore(res_dir)
     summary = summary_table(store.records(), store.oracles())
     paths = {"csv": write_csv(summary, res_dir / f"{name}.csv")}
-    text = f"# Results ({Path(res_dir).name})\n\n"  # the folder's name: no machine's absolute path + synthetic_note(summary) + markdown_table(summary)
+    # The folder is named, not located: no machine's absolute path in a committed table.
+    text = f"# Results ({Path(res_dir).name})\n\n" + synthetic_note(summary) + markdown_table(summary)
     if (summary.get("Seeds", pd.Series(dtype=int)) == 0).any():
         text += ("\nRows named `oracle: …` are the synthetic generator's own linear read-outs on the test split "
                  "(text only; pooled text, audio and vision; and with the TRUE word alignment), not trained models.\n")
