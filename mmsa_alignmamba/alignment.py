@@ -14,6 +14,9 @@ is linear in T_m. :func:`soft_ot_align` is our differentiable variant (not the p
 Global alignment (§3). :func:`mmd2` is the biased per-sample MMD² with Gaussian kernels;
 :func:`alignment_loss` is ``L_align = MMD²(X̃_v, X_l) + MMD²(X̃_a, X_l)``.
 
+The built-in components (``ot``, ``soft_ot``, ``none``; ``mmd``, ``none``), registered through entry
+points like any third party's, are at the end of the file before the diagnostics.
+
 Alignment diagnostics: :func:`plan_hits` counts how often a plan sends a source step to its true
 anchor step, where the true alignment is known (synthetic data).
 """
@@ -21,14 +24,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .components import AlignOptions, ScoreBlock
+
 __all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "relaxed_plan", "soft_plan",
-           "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2", "alignment_loss"]
+           "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2", "alignment_loss",
+           "ot_local_alignment", "soft_ot_local_alignment", "time_proportional_local_alignment",
+           "mmd_global_alignment", "no_global_alignment"]
 
 #: ``sigmas`` of :func:`mmd2`: one bandwidth, several (their kernels are averaged), or "median".
 SigmaSpec = Union[float, Sequence[float], str]
@@ -36,9 +43,9 @@ SigmaSpec = Union[float, Sequence[float], str]
 #: Most entries of one (B, rows, T_l) similarity block in :func:`relaxed_plan` (16 MB float32).
 _COST_BLOCK_ELEMS = 1 << 22
 
-#: ``scores(start, rows, blocked_out) -> (B, rows, T_l)``: −cost of source steps [start, start+rows)
-#: against every anchor step, plus ``blocked_out`` (B, 1, T_l): 0 on valid anchor steps, −inf on padding.
-ScoreBlock = Callable[[int, int, Tensor], Tensor]
+# ScoreBlock: ``scores(start, rows, blocked_out) -> (B, rows, T_l)``: −cost of source steps
+# [start, start+rows) against every anchor step, plus ``blocked_out`` (B, 1, T_l): 0 on valid
+# anchor steps, −inf on padding.
 
 
 @dataclass(frozen=True)
@@ -569,6 +576,54 @@ class WordAligner(nn.Module):
         return block
 
 
+# ---------------------------------------------------------------------------------------------
+# The built-in components (registered under mmsa.local_alignments / mmsa.global_alignments; the
+# contracts are in mmsa_alignmamba.components)
+
+
+def ot_local_alignment(source: Tensor, source_mask: Tensor, anchor: Tensor, anchor_mask: Tensor, *,
+                       scores: Optional[ScoreBlock] = None, options: AlignOptions = AlignOptions()) -> OTAlignment:
+    """``ot``, the paper's: every frame to its cheapest word (relaxed OT), on the cosine cost of
+    ``source``/``anchor`` or on a learned cost given as ``scores``."""
+    common = dict(rescale=options.rescale, reduce=options.reduce)
+    if scores is not None:
+        return relaxed_plan(scores, source, source_mask, anchor_mask, options.block_size, **common)
+    return relaxed_ot_align(source, anchor, source_mask, anchor_mask, options.block_size, values=source,
+                            position_prior=options.position_prior, **common)
+
+
+def soft_ot_local_alignment(source: Tensor, source_mask: Tensor, anchor: Tensor, anchor_mask: Tensor, *,
+                            scores: Optional[ScoreBlock] = None,
+                            options: AlignOptions = AlignOptions()) -> OTAlignment:
+    """``soft_ot`` (ours): every frame spreads its mass over the words, softmax of −cost/τ on the
+    cosine cost, or the learned cost's posterior itself."""
+    common = dict(rescale=options.rescale, reduce=options.reduce)
+    if scores is not None:
+        return soft_plan(scores, source, source_mask, anchor_mask, options.block_size, **common)
+    return soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=options.temperature,
+                         block_size=options.block_size, values=source, position_prior=options.position_prior,
+                         **common)
+
+
+def time_proportional_local_alignment(source: Tensor, source_mask: Tensor, anchor: Tensor, anchor_mask: Tensor,
+                                      *, scores: Optional[ScoreBlock] = None,
+                                      options: AlignOptions = AlignOptions()) -> OTAlignment:
+    """``none``: no alignment learned or computed, frame r of n to word ⌊r·n_l/n⌋ (:func:`uniform_align`)."""
+    return uniform_align(source, source_mask, anchor_mask, rescale=options.rescale, reduce=options.reduce)
+
+
+def mmd_global_alignment(aligned: Mapping[str, Tensor], anchor: Tensor, anchor_mask: Tensor, *,
+                         sigmas: SigmaSpec = (1.0,), present: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    """``mmd``, the paper's L_align: :func:`alignment_loss`."""
+    return alignment_loss(aligned, anchor, anchor_mask, sigmas, present=present)
+
+
+def no_global_alignment(aligned: Mapping[str, Tensor], anchor: Tensor, anchor_mask: Tensor, *,
+                        sigmas: SigmaSpec = (1.0,), present: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    """``none``: no global alignment loss (the "w/o MMD" ablation)."""
+    return anchor.new_zeros(())
+
+
 def plan_hits(alignment: OTAlignment, true_anchor: Tensor) -> Tensor:
     """How often a plan sends source steps to their true anchor step (alignment diagnostics).
 
@@ -640,6 +695,11 @@ def mmd2(
     valid = (n_x > 0) & (n_y > 0)  # (B,)
     w_x = x_mask.to(dtype) / n_x.clamp_min(1).to(dtype)[:, None]  # (B, T_x), uniform weights
     w_y = y_mask.to(dtype) / n_y.clamp_min(1).to(dtype)[:, None]  # (B, T_y)
+    # Distances do not change under a common shift; centring both sets on their pooled mean keeps
+    # the expansion below from cancelling large norms (features far from 0) in float32.
+    centre = ((x.sum(1) + y.sum(1)) / (n_x + n_y).clamp_min(1).to(dtype)[:, None])[:, None, :]  # (B, 1, d)
+    x = (x - centre).masked_fill(~x_mask[:, :, None], 0.0)
+    y = (y - centre).masked_fill(~y_mask[:, :, None], 0.0)
 
     def mean_kernel(sq_dist: Tensor, w_left: Tensor, w_right: Tensor) -> Tensor:
         # One (B, T, T') kernel matrix per σ in turn, averaged: peak memory stays one matrix
@@ -653,7 +713,7 @@ def mmd2(
 
     # Autocast off: the ||x||² + ||y||² − 2xy expansion cancels badly in half precision.
     with torch.autocast(x.device.type, enabled=False):
-        d_xx, d_yy, d_xy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)  # (B, T, T')
+        d_xx, d_yy, d_xy = _self_sq_dists(x), _self_sq_dists(y), _sq_dists(x, y)  # (B, T, T')
         sigma = _bandwidths(sigmas, d_xx, d_yy, d_xy, x_mask, y_mask, valid)  # (B, S)
         inv_two_var = (0.5 / sigma.square())[:, :, None, None]  # (B, S, 1, 1)
         out = (mean_kernel(d_xx, w_x, w_x) + mean_kernel(d_yy, w_y, w_y)
@@ -826,6 +886,13 @@ def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
     """(B, T, T') squared Euclidean distances via ||a||² + ||b||² − 2ab, clamped at 0."""
     sq = a.square().sum(-1)[:, :, None] + b.square().sum(-1)[:, None, :] - 2 * a @ b.transpose(1, 2)
     return sq.clamp_min(0.0)
+
+
+def _self_sq_dists(a: Tensor) -> Tensor:
+    """(B, T, T) squared distances within one set. The expansion leaves rounding residue on the
+    diagonal, where the true value is exactly 0: set it so."""
+    eye = torch.eye(a.shape[1], dtype=torch.bool, device=a.device)
+    return _sq_dists(a, a).masked_fill(eye, 0.0)
 
 
 def _bandwidths(

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from . import host
 from .safeio import InputError
+from .settings import RunSettings, output_root, resolve_output_dirs
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-SUBCOMMANDS = ("models", "make-synthetic", "ablate", "report", "bench")
+SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "report", "bench")
 SYNTHETIC_SIZES = ("small", "full")
 from .synthetic import TASKS as _TASKS
 SYNTHETIC_TASKS = tuple(_TASKS)
@@ -40,6 +41,10 @@ def _rate(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"missing rate {text} is outside [0, 1)")
     return value
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -78,10 +83,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", type=int, help="epochs without validation improvement before stopping")
     p.add_argument("--pretrained", help="local BERT folder for BERT-based models (no hub downloads here)")
     m = p.add_argument_group("missing modalities")
-    from .missing import MISSING_PROTOCOLS
-    m.add_argument("--missing-protocol", choices=MISSING_PROTOCOLS, help="run a missing-rate sweep with this protocol")
+    from . import components
+    protocols = components.registry("missing_protocol")
+    meanings = "; ".join(f"{name}: {_first_line(c.obj.__doc__).split(': ', 1)[-1].rstrip('.')}"
+                         for name, c in protocols.items())
+    m.add_argument("--missing-protocol", choices=list(protocols),
+                   help=f"run a missing-rate sweep with this protocol ({meanings})")
     m.add_argument("--missing-rates", nargs="+", type=_rate, default=None,
-                   help="missing rates (default 0.1 0.2 … 0.7 with --missing-protocol)")
+                   help="missing rates in [0, 1); 0 = complete data (default 0.1 0.2 … 0.7 with --missing-protocol)")
     m.add_argument("--train-missing", action="store_true", help="train with the same protocol too (as IMDer does)")
 
 
@@ -137,7 +146,7 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
     """-> (path of the dataset pickle to use, data tag 'real' or 'synthetic-<size>')."""
     if args.synthetic:
         from .synthetic import data_tag, ensure_synthetic, read_metadata
-        cache = Path(args.data_dir) if args.data_dir else host.DEFAULT_OUTPUT_ROOT
+        cache = Path(args.data_dir) if args.data_dir else output_root()
         path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0,
                                 task=args.synthetic_task)
         logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
@@ -148,6 +157,9 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
         relative = host.dataset_relative_path(args.dataset, aligned)
         root = Path(args.data_dir) if args.data_dir else host.mmsa_dataset_root()
         path = root / relative
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; --feature-path wants one MMSA-format .pkl file "
+                         "(a folder of MMSA's datasets goes to --data-dir)")
     if not path.is_file():
         raise InputError(
             f"dataset file not found: {path}. Download MMSA's processed {args.dataset.upper()} features "
@@ -172,7 +184,7 @@ def prepare_data(args, model: str):
     feature_path, data = resolve_data(args, aligned)
     # MOSI and MOSEI both ship Processed/unaligned_50.pkl: the cleaned copy's name carries the source path
     source = hashlib.sha1(str(Path(feature_path).resolve()).encode()).hexdigest()[:8]
-    cleaned = host.DEFAULT_OUTPUT_ROOT / "cleaned" / f"{Path(feature_path).stem}-{source}-finite.pkl"
+    cleaned = output_root() / "cleaned" / f"{Path(feature_path).stem}-{source}-finite.pkl"
     report = validate_dataset(feature_path, args.dataset, use_bert=bool(config.get("use_bert")), aligned=aligned,
                               fix_nonfinite=args.fix_nonfinite, fixed_copy=cleaned)
     for flag, key, path in (("-Ft", "text", args.feature_T), ("-Fa", "audio", args.feature_A),
@@ -205,7 +217,7 @@ def check_options(args) -> None:
     if args.missing_protocol is None and args.missing_rates:
         raise InputError("--missing-rates needs --missing-protocol")
     resolve_device(args)
-    for name, d in host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
+    for name, d in resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
         existing = d
         while not existing.exists() and existing != existing.parent:  # nearest existing ancestor
             existing = existing.parent
@@ -216,15 +228,7 @@ def check_options(args) -> None:
 
 
 def settings_from(args, choice: "DataChoice"):
-    from .runner import RunSettings
-    dirs = host.resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
-    for name, d in dirs.items():
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
-        if not os.access(d, os.W_OK):
-            raise InputError(f"output directory {d} ({name}) is not writable")
+    dirs = resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir)
     return RunSettings(
         config_file=args.config or None, feature_path=choice.path, feature_T=args.feature_T,
         feature_A=args.feature_A, feature_V=args.feature_V, aligned=choice.aligned, device=resolve_device(args),
@@ -232,12 +236,20 @@ def settings_from(args, choice: "DataChoice"):
         train_missing=args.train_missing, true_alignment=choice.true_alignment, oracle=choice.oracle, **dirs)
 
 
+def make_output_dirs(settings) -> None:
+    """Create the output folders, once every check has passed (check_options made sure they can be)."""
+    for name in ("model_save_dir", "res_save_dir", "log_dir"):
+        d = Path(getattr(settings, name))
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the output directory {d} ({name}): {e.strerror}") from None
+
+
 def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol: str | None,
                 rates: list[float] | None, variants=("",)) -> list:
-    from .runner import COMPLETE, Cell
+    from .results import COMPLETE, Cell
     seeds = seeds or [1111, 1112, 1113, 1114, 1115]
-    if protocol is None and rates:
-        raise InputError("--missing-rates needs --missing-protocol")
     settings = [(COMPLETE, 0.0)]
     if protocol is not None:
         rates = rates if rates is not None else [round(0.1 * i, 1) for i in range(1, 8)]
@@ -250,8 +262,13 @@ def run_sweep(cells, settings) -> dict:
 
     from .report import write_summary
     from .runner import run_cells
-    with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
-        run_cells(cells, settings, progress=bar)
+    try:
+        with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
+            run_cells(cells, settings, progress=bar)
+    except KeyboardInterrupt:  # the finished cells still make a summary; a rerun resumes the rest
+        write_summary(settings.res_save_dir)
+        logger.info("interrupted: summary of the finished runs written to %s", settings.res_save_dir)
+        raise
     paths = write_summary(settings.res_save_dir)
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():
@@ -266,10 +283,15 @@ def cmd_run(argv) -> int:
     check_options(args)
     choice = prepare_data(args, model)
     settings = settings_from(args, choice)
-    add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     if args.tune:
+        make_output_dirs(settings)
+        add_log_file(settings.log_dir, f"{model}-{args.dataset}")
         return cmd_tune(args, model, settings)
     cells = build_cells(model, args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates)
+    from .runner import check_cells
+    check_cells(cells, settings)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, choice.data, len(cells))
     run_sweep(cells, settings)
     return 0
@@ -291,6 +313,17 @@ def cmd_models(argv) -> int:
     ArgumentParser(prog="mmsa models", description="List every registered model.").parse_args(argv)
     for name, source in host.registered_models().items():
         print(f"{name:12s} {source}")
+    return 0
+
+
+def cmd_components(argv) -> int:
+    from . import components
+    ArgumentParser(prog="mmsa components",
+                   description="List every registered component (local and global alignments, missing-modality "
+                               "protocols) with the distribution that provides it.").parse_args(argv)
+    for kind in components.GROUPS:
+        for name, component in components.registry(kind).items():
+            print(f"{kind:17s} {name:12s} {component.distribution}")
     return 0
 
 
@@ -317,8 +350,11 @@ def cmd_make_synthetic(argv) -> int:
 
 def cmd_ablate(argv) -> int:
     from .model import ABLATIONS
-    p = ArgumentParser(prog="mmsa ablate", description="AlignMamba and every ablation variant "
-                                "(paper Table 3, plus our modality_dropout), same seeds, one table.")
+    from .model import ABLATION_MEANINGS
+    p = ArgumentParser(prog="mmsa ablate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="AlignMamba and every ablation variant (paper Table 3, plus ours), same seeds, "
+                                   "one table.\n\nvariants:\n" + "\n".join(
+                                       f"  {name:17s} {meaning}" for name, meaning in ABLATION_MEANINGS.items()))
     _add_data_options(p)
     _add_run_options(p)
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
@@ -327,20 +363,26 @@ def cmd_ablate(argv) -> int:
     check_options(args)
     choice = prepare_data(args, "alignmamba")
     settings = settings_from(args, choice)
-    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
     cells = build_cells("alignmamba", args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates,
                         variants=[v if v != "alignmamba" else "" for v in args.variants])
+    from .runner import check_cells
+    check_cells(cells, settings)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
     run_sweep(cells, settings)
     return 0
 
 
 def cmd_report(argv) -> int:
     from .report import write_report
-    p = ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots "
-                                "of every run in a results directory.")
+    p = ArgumentParser(prog="mmsa report", description="Leaderboard, robustness table and plots of every finished "
+                       "run in a results directory. Writes there: leaderboard.csv and leaderboard.md (mean ± std over "
+                       "seeds per model and setting, oracle rows of synthetic data, plan accuracies where the true "
+                       "alignment is known), leaderboard-robustness.csv (average and Δ over missing rates, when there "
+                       "are any) and plots/*.png (Acc-2 vs missing rate).")
     p.add_argument("--results-dir", default="", help='default "~/MMSA/results"')
     args = p.parse_args(argv)
-    res_dir = host.resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
+    res_dir = resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
     if not (res_dir / "cells").is_dir():
         raise InputError(f"no finished runs under {res_dir} (expected {res_dir / 'cells'})")
     paths = write_report(res_dir)
@@ -355,8 +397,8 @@ def cmd_bench(argv) -> int:
     return bench_main(argv)
 
 
-COMMANDS = {"models": cmd_models, "make-synthetic": cmd_make_synthetic, "ablate": cmd_ablate,
-            "report": cmd_report, "bench": cmd_bench}
+COMMANDS = {"models": cmd_models, "components": cmd_components, "make-synthetic": cmd_make_synthetic,
+            "ablate": cmd_ablate, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,9 @@ Entry-point groups (read with importlib.metadata):
 from __future__ import annotations
 
 import builtins
+import difflib
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -30,13 +32,26 @@ from typing import Any, Callable
 
 import torch
 
-from .safeio import DataFileError, InputError, atomic_write, safe_pickle_load, safe_pickle_loads
+from .safeio import DataFileError, InputError, atomic_write, safe_pickle_loads
+from .settings import checkpoint_path, resolve_output_dirs
+
+__all__ = [
+    # discovery and registration
+    "ENTRY_POINT_GROUPS", "Plugin", "plugins", "refresh_plugins", "builtin_models", "registered_models",
+    "check_model_name", "UnknownModelError", "install", "install_when_mmsa_imports", "COMPAT_FIXES",
+    # configs and data locations
+    "DATASETS", "mmsa_default_config", "default_configs_text", "load_config", "mmsa_dataset_root",
+    "dataset_relative_path",
+    "aligned_dataset_params",
+    # MMSA's building blocks for our runner
+    "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
+    "metrics_for", "metrics_text",
+]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
 ENTRY_POINT_GROUPS = ("mmsa.models", "mmsa.trainers", "mmsa.configs")
 DATASETS = ("mosi", "mosei", "sims")
-DEFAULT_OUTPUT_ROOT = Path.home() / "MMSA"
 
 
 class UnknownModelError(KeyError):
@@ -85,7 +100,7 @@ def plugins() -> dict[str, Plugin]:
 def refresh_plugins() -> None:
     """Forget cached discovery (after installing a distribution at run time, e.g. in tests)."""
     plugins.cache_clear()
-    _merged_config_file.cache_clear()
+    _written_config.cache_clear()
 
 
 def builtin_models() -> list[str]:
@@ -122,27 +137,112 @@ def default_configs_text() -> str:
     return "\n".join(f"{path.name}\n{path.read_text()}" for path in paths)
 
 
+def _default_config(kind: str, model_name: str) -> dict:
+    """MMSA's default config JSON, with the plugin's section added when `model_name` is a plugin's."""
+    config = json.loads(mmsa_default_config(kind).read_text())
+    if model_name in plugins() and model_name not in config:
+        config[model_name] = json.loads(plugins()[model_name].config_path.read_text())[model_name]
+    return config
+
+
+def _read_user_config(path) -> dict:
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        raise InputError(f"config file {path} not found")
+    try:
+        config = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"config file {path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object", type(None): "null"}[type(value)]
+
+
+def _check_section(user: dict, default: dict, where: str, path, known: set[str]) -> None:
+    """Every key of ``user`` must exist in ``default`` (or ``known``) with a value of the same JSON kind."""
+    for key, value in user.items():
+        if key not in default and key not in known:
+            close = difflib.get_close_matches(key, sorted(set(default) | known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"config file {path}: unknown key {where}.{key}{hint}")
+        if key not in default:
+            continue
+        expected = default[key]
+        if isinstance(expected, dict) and isinstance(value, dict):
+            _check_section(value, expected, f"{where}.{key}", path, set())
+        elif expected is not None and value is not None and _json_kind(value) != _json_kind(expected):
+            raise InputError(f"config file {path}: {where}.{key} must be {_json_kind(expected)} "
+                             f"(like the default {json.dumps(expected)}), got {json.dumps(value)}")
+
+
+def _merge(default: dict, user: dict) -> dict:
+    """``user`` over ``default``, recursively for objects."""
+    out = dict(default)
+    for key, value in user.items():
+        out[key] = _merge(default[key], value) if isinstance(value, dict) and isinstance(default.get(key), dict) \
+            else value
+    return out
+
+
+def _check_user_config(user: dict, default: dict, path) -> None:
+    """Keys and value kinds of a user config against the defaults. A model section may hold any key
+    its model declares (``config_keys`` on a plugin's model entry point) besides the default ones."""
+    for name, section in user.items():
+        if name not in default:
+            continue  # a section for a model that has no defaults here: MMSA reads it as it is
+        if not isinstance(section, dict):
+            raise InputError(f"config file {path}: {name} must be an object, got {json.dumps(section)}")
+        plugin = plugins().get(name)
+        known = set(getattr(plugin.model, "config_keys", ())) if plugin else set()
+        if name == "datasetCommonParams":
+            _check_section(section, default[name], name, path, set())
+            continue
+        for part, params in section.items():
+            if part not in default[name]:
+                close = difflib.get_close_matches(part, sorted(default[name]), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"config file {path}: unknown key {name}.{part}{hint}")
+            if part == "datasetParams":
+                for dataset, values in params.items():
+                    defaults = default[name][part].get(dataset, {})
+                    _check_section(values, defaults, f"{name}.{part}.{dataset}", path,
+                                   known | set(default[name].get("commonParams", {})))
+            else:
+                _check_section(params, default[name][part], f"{name}.{part}", path,
+                               known | {k for d in default[name].get("datasetParams", {}).values() for k in d})
+
+
 @functools.lru_cache(maxsize=None)
-def _merged_config_file(base: str, name: str) -> str:
-    """A temp copy of the JSON `base` with plugin `name`'s section added, for MMSA's loaders."""
-    with open(base) as f:
-        merged = json.load(f)
-    with open(plugins()[name].config_path) as f:
-        merged[name] = json.load(f)[name]
-    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"{Path(base).stem}+{name}.json"
-    tmp.write_text(json.dumps(merged))
+def _written_config(text: str) -> str:
+    """A config's text as a file MMSA can read (one per distinct content, per process)."""
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"config-{digest}.json"
+    tmp.write_text(text)
     return str(tmp)
 
 
 def _config_file_for(model_name: str, config_file, kind: str) -> str:
-    """MMSA reads one JSON per call; hand it one that holds the plugin's section when needed."""
-    base = str(config_file) if config_file not in (None, "") else str(mmsa_default_config(kind))
-    if model_name in plugins():
-        with open(base) as f:
-            has_section = model_name in json.load(f)
-        if not has_section:
-            return _merged_config_file(base, model_name)
-    return base
+    """MMSA reads one JSON per call and needs every section: hand it the defaults (with the
+    plugin's section) and, when a config is given, that config merged over them, after checking
+    its keys and value kinds; a config may hold only the keys it changes."""
+    default = _default_config(kind, model_name)
+    if config_file in (None, ""):
+        if model_name in plugins():
+            return _written_config(json.dumps(default))
+        return str(mmsa_default_config(kind))
+    user = _read_user_config(config_file)
+    _check_user_config(user, default, config_file)
+    return _written_config(json.dumps(_merge(default, user)))
 
 
 # --------------------------------------------------------------------------------------
@@ -151,26 +251,22 @@ def _config_file_for(model_name: str, config_file, kind: str) -> str:
 _ORIGINAL: dict[str, Any] = {}
 
 
+class _ModelMapWithPlugins:
+    """Stands in for ``AMIO.MODEL_MAP``. MMSA's ``AMIO.__init__`` builds its model map as an instance
+    attribute (``self.MODEL_MAP = {...}``) and then looks the model up in it. As a data descriptor
+    on the class, this intercepts that assignment and adds every plugin model, so MMSA's own
+    constructor runs unchanged (word-alignment subnet included) for plugins too."""
+
+    def __set__(self, amio, builtin_map: dict) -> None:
+        amio.__dict__["MODEL_MAP"] = {**builtin_map, **{name: p.model for name, p in plugins().items()}}
+
+    def __get__(self, amio, owner=None):
+        return self if amio is None else amio.__dict__["MODEL_MAP"]
+
+
 def _register_models() -> None:
-    import importlib
-    amio_module = importlib.import_module("MMSA.models.AMIO")  # the module (MMSA.models.AMIO is the class)
-    AMIO = amio_module.AMIO
-    original_init = _ORIGINAL.setdefault("AMIO.__init__", AMIO.__init__)
-
-    def __init__(self, args):
-        plugin = plugins().get(str(args["model_name"]).lower())
-        if plugin is None:
-            return original_init(self, args)
-        # Same construction as AMIO.__init__, with the plugin's class instead of MODEL_MAP's.
-        torch.nn.Module.__init__(self)
-        self.need_model_aligned = args.get("need_model_aligned", None)
-        if self.need_model_aligned:
-            self.alignNet = amio_module.AlignSubNet(args, "avg_pool")
-            if "seq_lens" in args.keys():
-                args["seq_lens"] = self.alignNet.get_seq_len()
-        self.Model = plugin.model(args)
-
-    AMIO.__init__ = __init__
+    from MMSA.models import AMIO
+    AMIO.MODEL_MAP = _ModelMapWithPlugins()
 
 
 def _register_trainers() -> None:
@@ -295,13 +391,6 @@ def fix_duplicate_log_handlers() -> None:
     MMSA.run._set_logger = _set_logger
 
 
-def resolve_output_dirs(model_save_dir=None, res_save_dir=None, log_dir=None) -> dict[str, Path]:
-    """'' or None means MMSA's documented default under ~/MMSA/, never the working directory."""
-    chosen = {"model_save_dir": model_save_dir, "res_save_dir": res_save_dir, "log_dir": log_dir}
-    defaults = {"model_save_dir": "saved_models", "res_save_dir": "results", "log_dir": "logs"}
-    return {k: Path(v) if v not in (None, "") else DEFAULT_OUTPUT_ROOT / defaults[k] for k, v in chosen.items()}
-
-
 def fix_empty_paths() -> None:
     """`python -m MMSA` passes '' for -c and the output dirs: '' becomes Path('.'), so -c fails
     with FileNotFoundError('.') and results, models and logs land in the working directory."""
@@ -324,12 +413,6 @@ def fix_empty_paths() -> None:
         return original(*call.args, **call.kwargs)
 
     MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
-
-
-def checkpoint_path(model_save_dir, model_name: str, dataset_name: str, seed: int, tag: str = "") -> Path:
-    """One checkpoint per (model, dataset, seed[, tag]) instead of one file every seed overwrites."""
-    suffix = f"-{tag}" if tag else ""
-    return Path(model_save_dir) / f"{model_name}-{dataset_name}{suffix}-seed{seed}.pth"
 
 
 def fix_checkpoint_per_seed() -> None:
@@ -459,6 +542,20 @@ def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool
     return getter(check_model_name(model_name), dataset_name.lower(), config_file or "")
 
 
+def check_model_args(args) -> None:
+    """A plugin model may check its config before anything runs: its entry point's ``check_args(args)``
+    raises ValueError / TypeError on a bad value; that becomes one InputError naming the model."""
+    plugin = plugins().get(str(args["model_name"]).lower())
+    check = getattr(plugin.model, "check_args", None) if plugin else None
+    if check is not None:
+        try:
+            check(args)
+        except InputError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise InputError(f"config of {plugin.name}: {e}") from None
+
+
 def build_model(args) -> torch.nn.Module:
     from MMSA.models import AMIO
     install()
@@ -490,10 +587,6 @@ def load_checkpoint(model: torch.nn.Module, path) -> None:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         raise DataFileError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     model.load_state_dict(state)
-
-
-def load_data_file(path):
-    return safe_pickle_load(path)
 
 
 def metrics_for(dataset_name: str):

@@ -31,87 +31,10 @@ What "missing" means for a whole modality
   absent (changing lengths to 0 would break packed-sequence encoders of the
   built-in models).
 
-Protocols (``MISSING_PROTOCOLS``)
----------------------------------
-``imder`` — IMDer (Wang et al., NeurIPS 2023; github.com/mdswyz/IMDer,
-    ``trains/singleTask/IMDER.py`` and ``trains/singleTask/model/imder.py``).
-    Whole modalities are dropped **per batch** (every sample of a batch gets the
-    same pattern), at train, valid and test.  IMDer's code holds::
-
-        miss_2 = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]   # "missing two modal"
-        miss_1 = [0.1, 0.2, 0.3, 0.2, 0.1, 0.0, 0.0]   # "missing one modal"
-
-    indexed by ``int(MR*10 - 1)``.  A batch counted in ``miss_2`` calls the
-    model with ``num_modal=1`` (ONE modality kept, two dropped); one counted in
-    ``miss_1`` calls it with ``num_modal=2`` (TWO kept, one dropped); the
-    kept modalities are ``random.sample([t, v, a], num_modal)``.  So the share
-    of batches keeping one modality is ``a = miss_2[i]`` and keeping two is
-    ``b = miss_1[i]``; the expected fraction of dropped modality slots is
-    ``(2a + b) / 3`` and IMDer's lists satisfy ``2a + b = 3·MR`` exactly for
-    MR = 0.1 … 0.6 (0.1: a=.1, b=.1; 0.2: .2/.2; 0.3: .3/.3; 0.4: .5/.2;
-    0.5: .7/.1; 0.6: .9/0).  At MR = 0.7 the lists give a = 1, b = 0: with one
-    modality always kept at most 2 of 3 slots can be dropped, so MR 0.7 is
-    realised as "every batch keeps exactly one modality", a dropped fraction of
-    2/3 ≈ 0.667 — exposed as ``realised_rate`` so reports can print it.
-    Rates off the 0.1 grid are interpolated linearly between the listed points
-    (which keeps ``2a + b = 3·MR``) up to 0.6; for 0.6 < MR ≤ 2/3 we use
-    ``a = 1.5·MR, b = 0``; above 2/3 ``a = 1, b = 0`` (realised 2/3).  MR = 0
-    gives complete batches (IMDer would index ``miss_2[-1]`` there and drop
-    two modalities from every batch).
-
-    IMDer does not draw the batch kind independently: it keeps counters and
-    marks the *first* ``a·N₁₀`` batches of every pass as one-kept, the next
-    ``b·N₁₀`` as two-kept and the rest complete (``N₁₀ = round(N/10)·10``,
-    N = batches per pass).  We keep its *exact per-pass shares* but place the
-    kinds at seeded random positions: when the number of batches N is known
-    (``MissingModalityLoader`` passes ``num_batches=len(loader)``),
-    ``round(a·N)`` batches keep one modality, ``round(b·N)`` keep two and the
-    rest are complete, permuted by a generator seeded from
-    (seed, split, epoch, N).  This removes IMDer's N₁₀ rounding quirk and the
-    dependence on loader order (valid/test loaders are not guaranteed to
-    shuffle in other hosts, and front-loading every hard batch at the start of
-    each epoch is an artefact).  Without ``num_batches`` each batch kind is
-    drawn independently with probabilities (a, b, 1-a-b) — same expectation.
-    Which modalities survive is drawn uniformly (as IMDer's ``random.sample``)
-    from a generator seeded by (seed, split, epoch, batch_index), so every
-    model run with the same seed sees the same schedule.
-
-``sample`` — CPM-Net (Zhang et al., TPAMI 2020, ``get_sn``) / GCNet (Lian et
-    al., TPAMI 2023) style per-sample masks.  Each sample first keeps one
-    modality chosen uniformly at random (CPM-Net's one-hot ``view_preserve``),
-    then keeps each of the two other modalities independently with probability
-    ``q = 1 - 1.5·MR``.  The number of dropped modalities is Binomial(2, 1-q)
-    with mean ``2(1-q) = 3·MR``, and by symmetry every (sample, modality) slot
-    is missing with probability exactly MR — unlike "drop each slot with
-    probability MR then re-keep one if all were dropped", which biases the
-    rate down by MR³/3 per slot.  (CPM-Net reaches the same calibration with an
-    iterative search on ``int(ratio*100)``; here it is closed-form.)  At
-    MR ≥ 2/3, ``q = 0``: every sample keeps exactly one modality and the
-    realised rate is capped at 2/3 (``realised_rate``).  Masks are keyed by
-    (seed, split, dataset index ``batch['index']``), so a sample gets the same
-    mask in every epoch, batch order and model.
-
-``frame`` — MMSA's TFR-Net ``MMDataset.generate_m`` style per-time-step
-    masks.  Every valid step is dropped independently with probability MR
-    (``u < MR`` for ``u ~ U[0, 1)``, as MMSA's ``uniform > missing_rate``
-    keep rule): audio/vision frames are zeroed; BERT text tokens become [UNK]
-    (100) except [CLS] at 0 and [SEP] at L-1 which are always kept; non-BERT
-    text feature rows are zeroed.  Only valid steps are dropped:
-    ``t < audio_lengths/vision_lengths`` when present (unaligned data), the
-    attention mask for BERT text (and for aligned audio/vision when their
-    length equals the text length — MMSA itself derives aligned lengths from
-    the text mask), otherwise rows with any non-zero feature (MMSA pads with
-    zeros; non-BERT text carries no length in MMSA batches).  MMSA draws one
-    static mask per split from ``missing_seed``; we draw static masks per
-    sample from (seed, split, dataset index, modality), so they are identical
-    every epoch and for every model regardless of batch order.  Differences
-    from ``generate_m``: text length L is the attention-mask sum (MMSA's
-    ``argmin`` returns 0 for a full-length sequence), and one rate is shared
-    by the three modalities.  The batch also gets ``text_step_mask``,
-    ``audio_step_mask``, ``vision_step_mask``: (B, T_m) bool, True = a valid
-    step that is still present (padding and dropped steps are False; [CLS]
-    and [SEP] are True).  ``modality_mask`` counts a modality present unless it
-    had at least one droppable step and all of them were dropped.
+Protocols, one class each, whose docstring says what it drops and where it comes from:
+``imder`` (:class:`ImderProtocol`), ``sample`` (:class:`SampleProtocol`), ``frame``
+(:class:`FrameProtocol`). They are registered by name under the entry-point group
+``mmsa.missing_protocols``, where other distributions can add their own (:func:`make_protocol`).
 
 Seeding uses ``numpy.random.SeedSequence`` entropy lists
 ``[seed, crc32(protocol), crc32(split), ...]`` so streams are stable across
@@ -128,10 +51,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from . import components
+from .datasets import MODALITIES
 from .safeio import InputError
 
 __all__ = [
-    "MISSING_PROTOCOLS",
     "MODALITIES",
     "UNK_TOKEN_ID",
     "IMDER_MISS_2",
@@ -145,8 +69,6 @@ __all__ = [
     "MissingModalityLoader",
 ]
 
-MISSING_PROTOCOLS = ("imder", "sample", "frame")
-MODALITIES = ("text", "audio", "vision")
 UNK_TOKEN_ID = 100  # bert-base-(un)cased [UNK]; TFR-Net's generate_m uses the same id.
 
 # IMDer's lists verbatim (trains/singleTask/IMDER.py).  miss_2[i] = share of
@@ -284,7 +206,7 @@ class MissingProtocol:
 
     @property
     def realised_rate(self) -> float:
-        """Expected fraction actually dropped (may differ from ``rate``; see module doc)."""
+        """Expected fraction actually dropped (may differ from ``rate``; see the protocol's docstring)."""
         return self.rate
 
     def _seq(self, *entropy: int) -> np.random.Generator:
@@ -311,7 +233,51 @@ class MissingProtocol:
 
 
 class ImderProtocol(MissingProtocol):
-    """IMDer per-batch whole-modality schedule (see module docstring)."""
+    """``imder``: whole modalities dropped per batch, on IMDer's schedule.
+
+    IMDer (Wang et al., NeurIPS 2023; github.com/mdswyz/IMDer,
+    ``trains/singleTask/IMDER.py`` and ``trains/singleTask/model/imder.py``).
+    Whole modalities are dropped **per batch** (every sample of a batch gets the
+    same pattern), at train, valid and test.  IMDer's code holds::
+
+        miss_2 = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]   # "missing two modal"
+        miss_1 = [0.1, 0.2, 0.3, 0.2, 0.1, 0.0, 0.0]   # "missing one modal"
+
+    indexed by ``int(MR*10 - 1)``.  A batch counted in ``miss_2`` calls the
+    model with ``num_modal=1`` (ONE modality kept, two dropped); one counted in
+    ``miss_1`` calls it with ``num_modal=2`` (TWO kept, one dropped); the
+    kept modalities are ``random.sample([t, v, a], num_modal)``.  So the share
+    of batches keeping one modality is ``a = miss_2[i]`` and keeping two is
+    ``b = miss_1[i]``; the expected fraction of dropped modality slots is
+    ``(2a + b) / 3`` and IMDer's lists satisfy ``2a + b = 3·MR`` exactly for
+    MR = 0.1 … 0.6 (0.1: a=.1, b=.1; 0.2: .2/.2; 0.3: .3/.3; 0.4: .5/.2;
+    0.5: .7/.1; 0.6: .9/0).  At MR = 0.7 the lists give a = 1, b = 0: with one
+    modality always kept at most 2 of 3 slots can be dropped, so MR 0.7 is
+    realised as "every batch keeps exactly one modality", a dropped fraction of
+    2/3 ≈ 0.667 — exposed as ``realised_rate`` so reports can print it.
+    Rates off the 0.1 grid are interpolated linearly between the listed points
+    (which keeps ``2a + b = 3·MR``) up to 0.6; for 0.6 < MR ≤ 2/3 we use
+    ``a = 1.5·MR, b = 0``; above 2/3 ``a = 1, b = 0`` (realised 2/3).  MR = 0
+    gives complete batches (IMDer would index ``miss_2[-1]`` there and drop
+    two modalities from every batch).
+
+    IMDer does not draw the batch kind independently: it keeps counters and
+    marks the *first* ``a·N₁₀`` batches of every pass as one-kept, the next
+    ``b·N₁₀`` as two-kept and the rest complete (``N₁₀ = round(N/10)·10``,
+    N = batches per pass).  We keep its *exact per-pass shares* but place the
+    kinds at seeded random positions: when the number of batches N is known
+    (``MissingModalityLoader`` passes ``num_batches=len(loader)``),
+    ``round(a·N)`` batches keep one modality, ``round(b·N)`` keep two and the
+    rest are complete, permuted by a generator seeded from
+    (seed, split, epoch, N).  This removes IMDer's N₁₀ rounding quirk and the
+    dependence on loader order (valid/test loaders are not guaranteed to
+    shuffle in other hosts, and front-loading every hard batch at the start of
+    each epoch is an artefact).  Without ``num_batches`` each batch kind is
+    drawn independently with probabilities (a, b, 1-a-b) — same expectation.
+    Which modalities survive is drawn uniformly (as IMDer's ``random.sample``)
+    from a generator seeded by (seed, split, epoch, batch_index), so every
+    model run with the same seed sees the same schedule.
+    """
 
     name = "imder"
 
@@ -360,7 +326,23 @@ class ImderProtocol(MissingProtocol):
 
 
 class SampleProtocol(MissingProtocol):
-    """CPM-Net / GCNet per-sample masks keyed by dataset index (see module docstring)."""
+    """``sample``: an independent whole-modality mask per sample, at least one modality kept.
+
+    CPM-Net (Zhang et al., TPAMI 2020, ``get_sn``) / GCNet (Lian et
+    al., TPAMI 2023) style per-sample masks.  Each sample first keeps one
+    modality chosen uniformly at random (CPM-Net's one-hot ``view_preserve``),
+    then keeps each of the two other modalities independently with probability
+    ``q = 1 - 1.5·MR``.  The number of dropped modalities is Binomial(2, 1-q)
+    with mean ``2(1-q) = 3·MR``, and by symmetry every (sample, modality) slot
+    is missing with probability exactly MR — unlike "drop each slot with
+    probability MR then re-keep one if all were dropped", which biases the
+    rate down by MR³/3 per slot.  (CPM-Net reaches the same calibration with an
+    iterative search on ``int(ratio*100)``; here it is closed-form.)  At
+    MR ≥ 2/3, ``q = 0``: every sample keeps exactly one modality and the
+    realised rate is capped at 2/3 (``realised_rate``).  Masks are keyed by
+    (seed, split, dataset index ``batch['index']``), so a sample gets the same
+    mask in every epoch, batch order and model.
+    """
 
     name = "sample"
 
@@ -394,7 +376,30 @@ class SampleProtocol(MissingProtocol):
 
 
 class FrameProtocol(MissingProtocol):
-    """TFR-Net ``generate_m``-style per-step masks (see module docstring)."""
+    """``frame``: individual frames and tokens dropped, a static mask per sample.
+
+    MMSA's TFR-Net ``MMDataset.generate_m`` style per-time-step
+    masks.  Every valid step is dropped independently with probability MR
+    (``u < MR`` for ``u ~ U[0, 1)``, as MMSA's ``uniform > missing_rate``
+    keep rule): audio/vision frames are zeroed; BERT text tokens become [UNK]
+    (100) except [CLS] at 0 and [SEP] at L-1 which are always kept; non-BERT
+    text feature rows are zeroed.  Only valid steps are dropped:
+    ``t < audio_lengths/vision_lengths`` when present (unaligned data), the
+    attention mask for BERT text (and for aligned audio/vision when their
+    length equals the text length — MMSA itself derives aligned lengths from
+    the text mask), otherwise rows with any non-zero feature (MMSA pads with
+    zeros; non-BERT text carries no length in MMSA batches).  MMSA draws one
+    static mask per split from ``missing_seed``; we draw static masks per
+    sample from (seed, split, dataset index, modality), so they are identical
+    every epoch and for every model regardless of batch order.  Differences
+    from ``generate_m``: text length L is the attention-mask sum (MMSA's
+    ``argmin`` returns 0 for a full-length sequence), and one rate is shared
+    by the three modalities.  The batch also gets ``text_step_mask``,
+    ``audio_step_mask``, ``vision_step_mask``: (B, T_m) bool, True = a valid
+    step that is still present (padding and dropped steps are False; [CLS]
+    and [SEP] are True).  ``modality_mask`` counts a modality present unless it
+    had at least one droppable step and all of them were dropped.
+    """
 
     name = "frame"
 
@@ -432,15 +437,10 @@ class FrameProtocol(MissingProtocol):
         out["modality_mask"] = torch.from_numpy(present).to(_as_tensor(out["audio"]).device)
 
 
-_PROTOCOL_CLASSES = {"imder": ImderProtocol, "sample": SampleProtocol, "frame": FrameProtocol}
-
-
 def make_protocol(name: str, rate: float, seed: int, use_bert: bool = False) -> MissingProtocol:
-    """Build a protocol by name (one of ``MISSING_PROTOCOLS``); rate must be in [0, 1)."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in _PROTOCOL_CLASSES:
-        raise InputError(f"unknown missing-modality protocol {name!r}; valid: {', '.join(MISSING_PROTOCOLS)}")
-    return _PROTOCOL_CLASSES[key](rate, seed, use_bert)
+    """Build a registered protocol (entry-point group ``mmsa.missing_protocols``: ``imder``,
+    ``sample``, ``frame`` and any third party's) by name; rate must be in [0, 1)."""
+    return components.get("missing_protocol", name)(rate, seed, use_bert)
 
 
 # --------------------------------------------------------------------------- loader

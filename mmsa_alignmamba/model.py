@@ -19,26 +19,26 @@ dropped.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
-from .alignment import (OTAlignment, WordAligner, alignment_loss, relaxed_ot_align, relaxed_plan, soft_ot_align,
-                        soft_plan, uniform_align)
+from . import components
+from .alignment import OTAlignment, WordAligner, uniform_align
+from .components import AlignOptions
+from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
 
-MODALITIES = ("text", "audio", "vision")
-LOCAL_ALIGNMENTS = ("ot", "soft_ot", "none")
 FUSIONS = ("interleave", "single_stream", "multi_stream")
 OT_COSTS = ("cosine", "monotone", "mixture")
 
 
 @dataclass
 class AlignMambaConfig:
-    feature_dims: tuple[int, int, int] = (768, 5, 20)  # text, audio, vision input widths
+    feature_dims: tuple[int, int, int] = MOSI_FEATURE_DIMS  # text, audio, vision input widths
     d_model: int = 64                 # common width d of every modality after its encoder
     n_layers: int = 2                 # Mamba blocks in the fusion stack
     d_state: int = 16                 # SSM state size N
@@ -46,7 +46,8 @@ class AlignMambaConfig:
     expand: int = 2                   # Mamba inner width = expand * d_model
     encoder_kernels: tuple[int, int, int] = (1, 3, 3)  # Conv1d kernel per modality encoder
     dropout: float = 0.1
-    local_alignment: str = "ot"       # "ot" (paper: relaxed OT), "soft_ot" (ours), "none" (time-proportional)
+    local_alignment: str = "ot"       # by name (mmsa.local_alignments): "ot" (paper: relaxed OT), "soft_ot" (ours),
+                                      # "none" (time-proportional), or a third party's
     ot_rescale: bool = True           # aligned = T_l·MᵀX (mean-like scale) instead of MᵀX (≈1/T_m scale)
     ot_reduce: str = "mean"           # "mean" (ours): each word gets the mean of its frames; "sum": paper's MᵀX
     ot_temperature: float = 0.1       # soft_ot with the cosine cost: softmax temperature over −cost
@@ -57,7 +58,8 @@ class AlignMambaConfig:
                                       # one clock) or "mixture" (each frame on its own, position prior)
     ot_position_prior: float = 0.0    # cosine cost: + β·δ², δ = distance in words from the time-proportional spot
     likelihood_prior_init: float = 0.05  # mixture cost: starting β of its learned position prior
-    global_alignment: bool = True     # MMD² between aligned audio/vision and text
+    global_alignment: str | bool = "mmd"  # by name (mmsa.global_alignments): "mmd" (paper: MMD² between aligned
+                                      # audio/vision and text), "none", or a third party's; true/false = "mmd"/"none"
     mmd_sigmas: tuple[float, ...] | str = (0.5, 1.0, 2.0)  # Gaussian bandwidths, or "median"
     fusion: str = "interleave"        # "interleave" (paper), "single_stream", "multi_stream"
     final_norm: bool = False          # LayerNorm on every fused step before pooling (the first release did)
@@ -72,8 +74,11 @@ class AlignMambaConfig:
         self.modalities = tuple(self.modalities)
         if not isinstance(self.mmd_sigmas, str):
             self.mmd_sigmas = tuple(float(s) for s in self.mmd_sigmas)
+        if isinstance(self.global_alignment, bool):  # the first release's switch
+            self.global_alignment = "mmd" if self.global_alignment else "none"
+        components.get("local_alignment", self.local_alignment)    # unknown names: one error listing them
+        components.get("global_alignment", self.global_alignment)
         checks = [
-            (self.local_alignment in LOCAL_ALIGNMENTS, f"local_alignment must be one of {LOCAL_ALIGNMENTS}"),
             (self.ot_reduce in ("sum", "mean"), "ot_reduce must be 'sum' or 'mean'"),
             (self.ot_cost in OT_COSTS, f"ot_cost must be one of {OT_COSTS}"),
             (self.ot_temperature > 0, "ot_temperature must be > 0"),
@@ -251,38 +256,38 @@ class AlignMamba(nn.Module):
         anchor, anchor_mask, _ = enc["text"]
         return self.aligner.fit({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present)
 
-    def _plan(self, kind, m, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
-        """Plan ``kind`` ('ot', 'soft_ot', 'none') of source modality m onto the anchor grid;
-        it transports the encoded ``source`` (B, T_m, d) and returns it on (B, T_l, d).
-        ``log_post``: the learned cost's posteriors for m (see _fit_alignment)."""
+    def _plan(self, kind, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
+        """Local alignment ``kind`` (a registered name) of one source onto the anchor grid; it
+        transports the encoded ``source`` (B, T_m, d) and returns it on (B, T_l, d).
+        ``log_post``: the learned cost's posteriors for that source (see _fit_alignment)."""
         cfg = self.cfg
-        options = dict(rescale=cfg.ot_rescale, reduce=cfg.ot_reduce)
-        if kind == "none":
-            return uniform_align(source, source_mask, anchor_mask, **options)
-        if log_post is not None:  # relaxed OT on the learned cost −log posterior
-            plan = relaxed_plan if kind == "ot" else soft_plan
-            return plan(WordAligner.scores(log_post), source, source_mask, anchor_mask, cfg.ot_block_size, **options)
-        options.update(values=source, block_size=cfg.ot_block_size, position_prior=cfg.ot_position_prior)
-        if kind == "ot":
-            return relaxed_ot_align(source, anchor, source_mask, anchor_mask, **options)
-        return soft_ot_align(source, anchor, source_mask, anchor_mask, temperature=cfg.ot_temperature, **options)
+        options = AlignOptions(rescale=cfg.ot_rescale, reduce=cfg.ot_reduce, block_size=cfg.ot_block_size,
+                               temperature=cfg.ot_temperature, position_prior=cfg.ot_position_prior)
+        scores = WordAligner.scores(log_post) if log_post is not None else None
+        return components.get("local_alignment", kind)(source, source_mask, anchor, anchor_mask,
+                                                       scores=scores, options=options)
+
+    def _time_proportional(self, source, source_mask, anchor_mask) -> Tensor:
+        """Where language is missing there is nothing to align to: frame r of n to word ⌊r·n_l/n⌋."""
+        return uniform_align(source, source_mask, anchor_mask, self.cfg.ot_rescale, self.cfg.ot_reduce).aligned
 
     def _align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post=None):
         """Align one source onto the anchor grid with the configured plan: (B, T_m, d) -> (B, T_l, d).
         Samples without language fall back to the time-proportional plan."""
-        kind = self.cfg.local_alignment if anchor_present.any() else "none"
-        aligned = self._plan(kind, m, source, source_mask, anchor, anchor_mask, log_post).aligned
-        if kind == "none" or anchor_present.all():
+        if not anchor_present.any():
+            return self._time_proportional(source, source_mask, anchor_mask)
+        aligned = self._plan(self.cfg.local_alignment, source, source_mask, anchor, anchor_mask, log_post).aligned
+        if anchor_present.all():
             return aligned
-        fallback = self._plan("none", m, source, source_mask, anchor, anchor_mask).aligned
+        fallback = self._time_proportional(source, source_mask, anchor_mask)
         return torch.where(anchor_present[:, None, None], aligned, fallback)
 
     @torch.no_grad()
     def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None,
                         **_unused) -> dict[str, dict[str, OTAlignment]]:
-        """Diagnostics: for each source modality, the three plans ('ot', 'soft_ot', 'none') onto
-        the language steps, computed with the model's current cost (complete data). Empty for
-        variants that do not align onto language."""
+        """Diagnostics: for each source modality, every registered local alignment ('ot', 'soft_ot',
+        'none', and any third party's) onto the language steps, computed with the model's current
+        cost (complete data). Empty for variants that do not align onto language."""
         cfg = self.cfg
         if cfg.fusion != "interleave" or "text" not in cfg.modalities or len(cfg.modalities) < 2:
             return {}
@@ -291,8 +296,8 @@ class AlignMamba(nn.Module):
         fitted = self._fit_alignment(raw, enc)
         posts = fitted[1] if fitted is not None else {}
         anchor, anchor_mask, _ = enc["text"]
-        return {m: {kind: self._plan(kind, m, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
-                    for kind in LOCAL_ALIGNMENTS}
+        return {m: {kind: self._plan(kind, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
+                    for kind in components.names("local_alignment")}
                 for m in cfg.modalities if m != "text"}
 
     # ---- fusion -------------------------------------------------------------------------
@@ -326,8 +331,9 @@ class AlignMamba(nn.Module):
         # L_align and L_plan only matter for training: inference skips the MMD kernel matrices.
         training = self.training and torch.is_grad_enabled() and anchor_name == "text"
         align_loss = plan_loss = zero
-        if training and cfg.global_alignment and sources:
-            align_loss = alignment_loss(aligned, anchor, anchor_mask, cfg.mmd_sigmas, present=present)
+        if training and sources:
+            align_loss = components.get("global_alignment", cfg.global_alignment)(
+                aligned, anchor, anchor_mask, sigmas=cfg.mmd_sigmas, present=present)
         if training and fitted is not None:
             # the alignment model learns from the samples that have language and a source
             plan_loss = self.aligner.nll(fitted[0], {m: raw[m] for m in sources}, present,
@@ -364,6 +370,14 @@ def AlignMambaForMMSA(args) -> AlignMamba:
     return AlignMamba.from_mmsa_args(args)
 
 
+# Lets the runner check a config before anything is trained or written (host.check_model_args),
+# and a user config use every key the model and its trainer read, not only those the JSON lists.
+AlignMambaForMMSA.check_args = AlignMambaConfig.from_mmsa_args
+AlignMambaForMMSA.config_keys = tuple(f.name for f in fields(AlignMambaConfig)) + (
+    "align_weight", "plan_weight", "max_epochs", "early_stop", "grad_clip", "lr_schedule", "ema_decay",
+    "learning_rate", "weight_decay", "batch_size", "KeyEval")
+
+
 # The paper's Table 3 ablations (plus language-only, the paper's cosine OT cost and our modality
 # dropout), as config overrides on top of AlignMamba.
 # Without OT, audio/vision still need a length-T_l grid to interleave: the time-proportional plan.
@@ -371,12 +385,25 @@ ABLATIONS: dict[str, dict] = {
     "alignmamba": {},
     "paper_ot_cost": {"ot_cost": "cosine"},
     "wo_local_ot": {"local_alignment": "none"},
-    "wo_global_mmd": {"global_alignment": False},
-    "single_stream": {"fusion": "single_stream", "global_alignment": False},
-    "multi_stream": {"fusion": "multi_stream", "global_alignment": False},
+    "wo_global_mmd": {"global_alignment": "none"},
+    "single_stream": {"fusion": "single_stream", "global_alignment": "none"},
+    "multi_stream": {"fusion": "multi_stream", "global_alignment": "none"},
     "wo_audio": {"modalities": ["text", "vision"]},
     "wo_video": {"modalities": ["text", "audio"]},
     "wo_language": {"modalities": ["audio", "vision"]},
     "language_only": {"modalities": ["text"]},
     "modality_dropout": {"modality_dropout": 0.3},
+}
+ABLATION_MEANINGS: dict[str, str] = {
+    "alignmamba": "the model as configured",
+    "paper_ot_cost": "the paper's OT cost (cosine of encoded features) instead of the learned aligner's",
+    "wo_local_ot": "no local alignment: the time-proportional plan puts audio/vision on the word grid",
+    "wo_global_mmd": "no global alignment (no MMD loss)",
+    "single_stream": "modalities concatenated along time, unaligned, one Mamba",
+    "multi_stream": "one Mamba per modality, pooled and fused late",
+    "wo_audio": "text and vision only",
+    "wo_video": "text and audio only",
+    "wo_language": "audio and vision only (vision mapped onto the audio timeline)",
+    "language_only": "text only",
+    "modality_dropout": "ours: training-time modality dropout 0.3 (robustness to missing modalities)",
 }

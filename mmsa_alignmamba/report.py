@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runner import COMPLETE, ResultStore
+from .results import COMPLETE, ResultStore, model_label
 from .safeio import atomic_write, atomic_write_text
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -31,8 +31,7 @@ def cell_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         c = r["cell"]
-        label = f"{c['model']}[{c['variant']}]" if c.get("variant") else c["model"]
-        row = {"Model": label, "Dataset": c["dataset"], "Data": c["data"], "Protocol": c["protocol"],
+        row = {"Model": model_label(c["model"], c.get("variant", "")), "Dataset": c["dataset"], "Data": c["data"], "Protocol": c["protocol"],
                "MissingRate": float(c["rate"]), "Seed": int(c["seed"])}
         row.update({m: _scaled(m, v) for m, v in r["metrics"].items()})
         rows.append(row)
@@ -122,13 +121,16 @@ PLAN_KINDS = {"ot": "OT plan", "soft_ot": "soft OT plan", "none": "time-proporti
 def alignment_table(summary: pd.DataFrame) -> str:
     """Markdown: where the true frame→word map was known, the share of audio and vision frames
     each plan sends to their true word, exactly / within ±1 word (%, mean over seeds)."""
-    columns = [(kind, m) for kind in PLAN_KINDS for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
+    found = {c.split("_", 1)[1].rsplit("_", 1)[0] for c in summary.columns
+             if c.startswith("Plan_") and not c.endswith("_std")}
+    kinds = [k for k in PLAN_KINDS if k in found] + sorted(found - set(PLAN_KINDS))  # third parties' last
+    columns = [(kind, m) for kind in kinds for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
     if not columns:
         return ""
     rows = summary.dropna(subset=[f"Plan_{k}_{m}" for k, m in columns], how="all")
     if rows.empty:
         return ""
-    head = ["Model", "Dataset", "Data", "Protocol", "MissingRate", "Seeds"] + [f"{PLAN_KINDS[k]}: {m}" for k, m in columns]
+    head = ["Model", "Dataset", "Data", "Protocol", "MissingRate", "Seeds"] + [f"{PLAN_KINDS.get(k, k + ' plan')}: {m}" for k, m in columns]
     text = ("\n## Alignment: frames sent to their true word, exact / within ±1 word (%)\n\n"
             "Measured on the test split against the data's true frame→word map; the model's own plan is "
             "the one its config names (`local_alignment`), the others are computed on the same features.\n\n")
@@ -162,7 +164,8 @@ def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
     store = ResultStore(res_dir)
     summary = summary_table(store.records(), store.oracles())
     paths = {"csv": write_csv(summary, res_dir / f"{name}.csv")}
-    text = f"# Results ({res_dir})\n\n" + synthetic_note(summary) + markdown_table(summary)
+    # The folder is named, not located: no machine's absolute path in a committed table.
+    text = f"# Results ({Path(res_dir).name})\n\n" + synthetic_note(summary) + markdown_table(summary)
     if (summary.get("Seeds", pd.Series(dtype=int)) == 0).any():
         text += ("\nRows named `oracle: …` are the synthetic generator's own linear read-outs on the test split "
                  "(text only; pooled text, audio and vision; and with the TRUE word alignment), not trained models.\n")

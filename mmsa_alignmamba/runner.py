@@ -9,98 +9,19 @@ that checkpoint at every missing rate (the model is the same for every rate).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import host
-from .safeio import atomic_write_text
+from .results import COMPLETE, Cell, ResultStore
+from .settings import RunSettings
 
 logger = logging.getLogger("mmsa_alignmamba")
-
-COMPLETE = "complete"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One train/test run. `variant` names an AlignMamba ablation ('' for the model as configured)."""
-    model: str
-    dataset: str
-    data: str          # 'real' or 'synthetic-<size>': results on different data never mix
-    seed: int
-    protocol: str = COMPLETE
-    rate: float = 0.0
-    variant: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.model}[{self.variant}]" if self.variant else self.model
-
-    @property
-    def slug(self) -> str:
-        """A file-name-safe identity: model[+variant]-dataset-data-protocol[rate]-seedS."""
-        model = f"{self.model}+{self.variant}" if self.variant else self.model
-        rate = "" if self.protocol == COMPLETE else f"{self.rate:.2f}"
-        return f"{model}-{self.dataset}-{self.data}-{self.protocol}{rate}-seed{self.seed}"
-
-    def path(self, res_dir: Path) -> Path:
-        return Path(res_dir) / "cells" / self.dataset / self.data / f"{self.slug}.json"
-
-
-class ResultStore:
-    """Finished cells as JSON files under `<res_dir>/cells/`.
-
-    A record remembers the fingerprint of the settings it ran with; asked with other settings
-    (another config, --epochs, data file …) it counts as not finished, so it is run again rather
-    than silently reused."""
-
-    def __init__(self, res_dir, fingerprint: str | None = None):
-        self.res_dir = Path(res_dir)
-        self.fingerprint = fingerprint
-
-    def _read(self, path: Path, what: str) -> dict | None:
-        if not path.is_file():
-            return None
-        record = json.loads(path.read_text())
-        if self.fingerprint is not None and record.get("settings") != self.fingerprint:
-            logger.warning("%s %s was made with other settings; running it again", what, path.name)
-            return None
-        return record
-
-    def load(self, cell: Cell) -> dict | None:
-        record = self._read(cell.path(self.res_dir), "result")
-        return None if record is None else record["metrics"]
-
-    def save(self, cell: Cell, metrics: dict, extra: dict) -> None:
-        record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real",
-                  "settings": self.fingerprint, **extra}
-        atomic_write_text(cell.path(self.res_dir), json.dumps(record, indent=1, sort_keys=True))
-
-    def training_record(self, cell: Cell) -> dict | None:
-        return self._read(cell.path(self.res_dir).with_suffix(".trained"), "training")
-
-    def save_training_record(self, cell: Cell, record: dict) -> None:
-        atomic_write_text(cell.path(self.res_dir).with_suffix(".trained"),
-                          json.dumps({**record, "settings": self.fingerprint}))
-
-    def records(self) -> list[dict]:
-        root = self.res_dir / "cells"
-        return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
-
-    def save_oracle(self, dataset: str, data: str, ladder: dict) -> None:
-        """Keep the oracle ladder of synthetic data beside the results made on it."""
-        record = {"dataset": dataset, "data": data, "synthetic": data != "real", "ladder": ladder}
-        atomic_write_text(self.res_dir / "oracles" / f"{dataset}-{data}.json", json.dumps(record, indent=1, sort_keys=True))
-
-    def oracles(self) -> list[dict]:
-        root = self.res_dir / "oracles"
-        return [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))] if root.is_dir() else []
 
 
 class EpochBudgetReached(Exception):
@@ -124,52 +45,16 @@ class EpochBudget:
         return iter(self.loader)
 
 
-@dataclass
-class RunSettings:
-    """Everything about a run that is not the cell itself."""
-    config_file: str | None = None
-    feature_path: str | None = None      # the dataset pickle (real, custom or synthetic)
-    custom_feature: str | None = None
-    feature_T: str = ""
-    feature_A: str = ""
-    feature_V: str = ""
-    aligned: bool = False
-    device: str = "cpu"
-    num_workers: int = 0
-    epochs: int | None = None
-    early_stop: int | None = None
-    pretrained: str | None = None
-    train_missing: bool = False
-    true_alignment: bool = False         # the data carries true frame->word maps: measure plan accuracy
-    oracle: dict | None = None           # the synthetic generator's oracle ladder for this data, if any
-    overrides: dict = field(default_factory=dict)
-    model_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "saved_models"
-    res_save_dir: Path = host.DEFAULT_OUTPUT_ROOT / "results"
-    log_dir: Path = host.DEFAULT_OUTPUT_ROOT / "logs"
-
-
-    def fingerprint(self) -> str:
-        """What makes two runs of the same cell comparable: config contents, data, training budget.
-        Without -c the config is MMSA's and the plugins' shipped defaults, so those count: after an
-        upgrade that changes a default, old results are run again rather than silently reused."""
-        config_text = Path(self.config_file).read_text() if self.config_file else host.default_configs_text()
-        relevant = {k: str(v) for k, v in asdict(self).items()
-                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file",
-                                 "true_alignment", "oracle")}
-        relevant["config"] = config_text
-        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def build_args(cell: Cell, settings: RunSettings):
     """MMSA's config for the cell, with this run's data paths, device and overrides."""
     args = host.load_config(cell.model, cell.dataset, settings.config_file)
     if settings.aligned:
         args.update(host.aligned_dataset_params(cell.dataset))
     args.update(
-        featurePath=settings.feature_path or args["featurePath"], custom_feature=settings.custom_feature,
+        featurePath=settings.feature_path or args["featurePath"], custom_feature=None,
         feature_T=settings.feature_T, feature_A=settings.feature_A, feature_V=settings.feature_V,
         device=torch.device(settings.device), train_mode="regression",
-        model_save_path=Path(settings.model_save_dir) / f"{cell.slug}.pth",
+        model_save_path=settings.checkpoint_path(cell),
     )
     if settings.early_stop is not None:
         args["early_stop"] = settings.early_stop
@@ -182,6 +67,13 @@ def build_args(cell: Cell, settings: RunSettings):
         args.update(ABLATIONS[cell.variant])
     args.update(settings.overrides)
     return args
+
+
+def check_cells(cells: list[Cell], settings: RunSettings) -> None:
+    """Before anything is trained or written: each distinct (model, variant, dataset)'s config
+    loads and its model accepts it, so a bad config is one error, not a traceback mid-sweep."""
+    for cell in {Cell(c.model, c.dataset, c.data, 0, variant=c.variant): c for c in cells}.values():
+        host.check_model_args(build_args(cell, settings))
 
 
 def attach_true_alignment(loaders, feature_path) -> None:

@@ -35,11 +35,14 @@ logger = logging.getLogger("MMSA")
 
 def plan_text(results: dict) -> str:
     """One line of plan accuracies: '<modality>: <plan> exact% (±1 word %) …'."""
-    names = {"ot": "OT", "soft_ot": "soft", "none": "time"}
+    names = {"ot": "OT", "soft_ot": "soft", "none": "time"}   # a third party's plan shows its own name
+    kinds = sorted({key.split("_", 1)[1].rsplit("_", 1)[0] for key in results if key.startswith("Plan_")},
+                   key=lambda k: (k not in names, list(names).index(k) if k in names else 0, k))
     parts = []
     for modality in ("audio", "vision"):
-        cells = [f"{names[k]} {100 * results[f'Plan_{k}_{modality}']:.1f} ({100 * results[f'Plan1_{k}_{modality}']:.1f})"
-                 for k in names if f"Plan_{k}_{modality}" in results]
+        cells = [f"{names.get(k, k)} {100 * results[f'Plan_{k}_{modality}']:.1f} "
+                 f"({100 * results[f'Plan1_{k}_{modality}']:.1f})"
+                 for k in kinds if f"Plan_{k}_{modality}" in results]
         if cells:
             parts.append(f"{modality}: " + ", ".join(cells))
     return "frames to their true word, exact (±1) % - " + "; ".join(parts)

@@ -102,6 +102,8 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
         n = labels.shape[0]
         if n == 0:
             _fail(path, f"split '{split}' is empty")
+        if n < 2:  # one sample has no spread: correlation, std and early stopping mean nothing
+            _fail(path, f"split '{split}' has 1 sample; every split needs at least 2")
         for key, arr in ((text_key, text), ("audio", audio), ("vision", vision)):
             if arr.shape[0] != n:
                 _fail(path, f"{split}['{key}'] has {arr.shape[0]} samples but {split}['regression_labels'] has {n}")

@@ -1,8 +1,8 @@
 """Shared fixtures: tiny SYNTHETIC MOSI-format data, an isolated HOME, clean MMSA loggers.
 
 Nothing a test does may write to the real ~/MMSA: HOME is moved to a temporary folder for
-the whole session (so subprocesses and `Path.home()` move too), and `host.DEFAULT_OUTPUT_ROOT`
-(computed when `host` is imported) is pointed at each test's own temporary HOME.
+the whole session (so subprocesses and `Path.home()` move too), and to each test's own temporary
+HOME; the output root (~/MMSA) is read from HOME at call time, so it follows.
 """
 from __future__ import annotations
 
@@ -29,20 +29,16 @@ def session_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
         mp.delenv("MMSA_DATA_DIR", raising=False)
-        from mmsa_alignmamba import host
-        mp.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
         yield home
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """A fresh HOME per test; `host.DEFAULT_OUTPUT_ROOT` follows it (it is computed at import)."""
-    from mmsa_alignmamba import host
+    """A fresh HOME per test; the output root (~/MMSA) follows it."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("MMSA_DATA_DIR", raising=False)
-    monkeypatch.setattr(host, "DEFAULT_OUTPUT_ROOT", home / "MMSA")
     assert Path.home() == home
     return home
 
@@ -175,6 +171,17 @@ def mmsa_script() -> str:
     found = str(candidate) if candidate.is_file() else shutil.which("mmsa")
     assert found, "the `mmsa` console script is not installed (pip install -e .)"
     return found
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`mmsa` (cli.main) in this process -> (exit status, stdout, stderr); argparse's exits count too."""
+    from mmsa_alignmamba import cli
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def run_mmsa(args, home: Path, cwd: Path | None = None, extra_env=None, timeout=300) -> subprocess.CompletedProcess:

@@ -106,3 +106,50 @@ def test_summary_growth_and_ratios():
 def test_cuda_without_cuda_is_an_input_error(tmp_path, capsys):
     assert mmsa_main(["bench", "--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_new_baseline_is_one_registry_entry(tmp_path, monkeypatch):
+    """Register one more entry: ratios, tables and plots include it with nothing else changed."""
+    from mmsa_alignmamba.bench import baselines, render
+    monkeypatch.setitem(baselines.BASELINES, "wide", bench.Baseline("wide", "Wide fusion", "^", "alignmamba", True))
+    monkeypatch.setitem(render.LABELS, "wide", "Wide fusion")
+    models = ["alignmamba", "mult", "wide"]
+    points = [{"model": m, "length": L, "status": "ok", "time_s": t * L, "cpu_time_s": t * L, "memory_mb": t * L}
+              for m, t in (("alignmamba", 1.0), ("mult", 4.0), ("wide", 2.0)) for L in (16, 32)]
+    summary = render.summarize(points, [16, 32], models)
+    assert [r["time_vs_wide"] for r in summary["ratios"]] == pytest.approx([0.5, 0.5])
+    report = {"machine": {"device_label": "CPU (test)", "torch": torch.__version__, "mamba_backend": "ours",
+                          "timestamp": "now", "cpu_count": 2, "load_average_at_start": [0.0]},
+              "settings": {"device": "cpu", "lengths": [16, 32], "models": models, "batch": 2, "repeats": 1},
+              "points": points, "summary": summary}
+    md = render.inference_markdown(report)
+    assert "wall / Wide fusion" in md and "Wide fusion wall (s)" in md
+    render.write_plot(tmp_path / "time.png", report, "time_s", "s", "test")
+    assert (tmp_path / "time.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_kernels_section_runs_from_an_installed_wheel(tmp_path):
+    """`mmsa bench --kernels` from a wheel install, outside the repository checkout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
+                    str(repo)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("mmsa_alignmamba-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mmsa_alignmamba.bench", "--kernels", "--quick", "--out",
+                           str(work / "out")], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    kernels = json.loads((work / "out" / "bench.json").read_text())["kernels"]
+    assert kernels["status"] == "ok" and kernels["source"] == "mmsa_alignmamba.bench.kernels"
+    where = subprocess.run([sys.executable, "-c", "import mmsa_alignmamba.bench.kernels as k; print(k.__file__)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(target), where   # the wheel's copy ran, not the checkout's
+    ours = [r for r in kernels["rows"] if r["method"] == "ours"]
+    assert ours and all(r["status"] == "ok" and r["seconds"] > 0 for r in ours)

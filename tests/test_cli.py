@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import mmsa_alignmamba  # noqa: F401
+from conftest import run_cli as _main
 from conftest import run_mmsa
-from mmsa_alignmamba import cli, host
+from mmsa_alignmamba import host
 
 KEY_COLUMNS = {"Model", "Dataset", "Data", "Protocol"}
 
@@ -26,16 +27,6 @@ KEY_COLUMNS = {"Model", "Dataset", "Data", "Protocol"}
 def _dirs(root: Path) -> list[str]:
     return ["--res-save-dir", str(root / "results"), "--model-save-dir", str(root / "models"),
             "--log-dir", str(root / "logs")]
-
-
-def _main(argv, capsys) -> tuple[int, str, str]:
-    """cli.main in this process -> (exit status, stdout, stderr); argparse's exits count too."""
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _error_line(err: str) -> str:
@@ -428,3 +419,20 @@ def test_device_cuda_without_cuda_is_an_input_error(tmp_path, tiny_pkl, capsys):
     rc, _, err = _main(["-m", "lf_dnn", "--feature-path", tiny_pkl, "--device", "cuda", *_dirs(tmp_path / "o")],
                        capsys)
     assert rc == 2 and "CUDA" in _error_line(err)
+
+
+def test_ctrl_c_keeps_a_summary_of_the_finished_runs(tmp_path, tiny_pkl, capsys, monkeypatch):
+    from mmsa_alignmamba import runner
+    run_cells = runner.run_cells
+
+    def first_then_interrupt(cells, settings, progress=None):
+        run_cells(cells[:1], settings, progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_cells", first_then_interrupt)
+    out = tmp_path / "out"
+    rc, _, err = _main(["-m", "lf_dnn", "-d", "mosi", "--feature-path", tiny_pkl, "-s", "1", "-s", "2", "--epochs", "1",
+                        *_dirs(out)], capsys)
+    assert rc == 130 and "interrupted" in err
+    rows = _summary(out / "results")
+    assert [r["Seeds"] for r in rows] == ["1"]

@@ -20,7 +20,7 @@ import mmsa_alignmamba  # noqa: F401  (registers the plugins and applies the fix
 import MMSA
 import MMSA.run
 from conftest import load_pickle, reset_loggers
-from mmsa_alignmamba import host
+from mmsa_alignmamba import host, settings
 from mmsa_alignmamba.safeio import UnsafePickleError
 
 METRICS = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"]
@@ -168,8 +168,7 @@ def test_one_checkpoint_per_seed(lf_dnn_run):
 
 
 def test_checkpoint_path_helper():
-    assert host.checkpoint_path("/m", "lf_dnn", "mosi", 3) == Path("/m/lf_dnn-mosi-seed3.pth")
-    assert host.checkpoint_path("/m", "alignmamba", "sims", 1, "x") == Path("/m/alignmamba-sims-x-seed1.pth")
+    assert settings.checkpoint_path("/m", "lf_dnn", "mosi", 3) == Path("/m/lf_dnn-mosi-seed3.pth")
 
 
 def test_mmsa_test_lf_dnn(lf_dnn_run, single_sample_pkl):
@@ -240,16 +239,16 @@ def test_mmsa_run_accepts_positional_arguments(tmp_path, tiny_pkl):
 
 
 def test_resolve_output_dirs_defaults(isolated_home):
-    dirs = host.resolve_output_dirs("", None, "/x/logs")
+    dirs = settings.resolve_output_dirs("", None, "/x/logs")
     assert dirs == {"model_save_dir": isolated_home / "MMSA" / "saved_models",
                     "res_save_dir": isolated_home / "MMSA" / "results", "log_dir": Path("/x/logs")}
 
 
 def test_default_output_root_is_under_home(tmp_path):
-    """host.DEFAULT_OUTPUT_ROOT is ~/MMSA of the HOME the process started with."""
+    """The output root is ~/MMSA of the HOME the process runs with."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", "from mmsa_alignmamba import host; print(host.DEFAULT_OUTPUT_ROOT)"],
+    out = subprocess.run([sys.executable, "-c", "from mmsa_alignmamba import settings; print(settings.output_root())"],
                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == str(tmp_path / "MMSA")

@@ -31,7 +31,7 @@ def test_every_variant_runs_forward_and_backward(variant, batch):
     (out["M"].sum() + out["align_loss"]).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    if ABLATIONS[variant].get("global_alignment", True) and "text" in ABLATIONS[variant].get("modalities", "text") \
+    if ABLATIONS[variant].get("global_alignment", "mmd") != "none" and "text" in ABLATIONS[variant].get("modalities", "text") \
             and len(ABLATIONS[variant].get("modalities", "tav")) > 1:
         assert out["align_loss"] > 0
     else:
@@ -116,7 +116,12 @@ def test_mamba_parameter_names_follow_mamba_ssm():
 
 
 def test_config_rejects_bad_values():
-    for bad in (dict(local_alignment="sinkhorn"), dict(fusion="late"), dict(modalities=("text", "smell")),
+    with pytest.raises(ValueError, match="unknown local_alignment 'sinkhorn'; registered: none, ot, soft_ot"):
+        AlignMambaConfig(local_alignment="sinkhorn")
+    with pytest.raises(ValueError, match="unknown global_alignment 'wasserstein'; registered: mmd, none"):
+        AlignMambaConfig(global_alignment="wasserstein")
+    assert AlignMambaConfig(global_alignment=False).global_alignment == "none"   # the first release's switch
+    for bad in (dict(fusion="late"), dict(modalities=("text", "smell")),
                 dict(dropout=1.5), dict(d_model=0), dict(use_bert=True)):
         with pytest.raises(ValueError, match="AlignMambaConfig"):
             AlignMambaConfig(**bad)
@@ -243,3 +248,8 @@ def test_config_rejects_bad_alignment_options():
                 dict(likelihood_prior_init=0.0), dict(ot_temperature=0.0)):
         with pytest.raises(ValueError, match="AlignMambaConfig"):
             AlignMambaConfig(**bad)
+
+
+def test_every_ablation_has_a_meaning():
+    from mmsa_alignmamba.model import ABLATION_MEANINGS
+    assert list(ABLATION_MEANINGS) == list(ABLATIONS)

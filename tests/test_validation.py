@@ -6,8 +6,8 @@ pickles are refused by the allow-list unpickler before their payload can run, th
 validation, `safeio.safe_pickle_load`, MMSA's own `MMDataLoader` (patched on import) and
 checkpoint loading (torch.load(weights_only=True)).
 
-The command is driven in-process (`cli.main([...])`); HOME and `host.DEFAULT_OUTPUT_ROOT`
-point into the test's tmp dir, and every output dir is passed explicitly.
+The command is driven in-process (`cli.main([...])`); HOME (so the output root ~/MMSA)
+points into the test's tmp dir, and every output dir is passed explicitly.
 """
 from __future__ import annotations
 
@@ -80,7 +80,6 @@ def env(tmp_path, monkeypatch):
     e = Env(tmp_path)
     monkeypatch.setenv("HOME", str(e.home))
     monkeypatch.delenv("MMSA_DATA_DIR", raising=False)
-    monkeypatch.setattr(host, "DEFAULT_OUTPUT_ROOT", e.home / "MMSA")
     monkeypatch.chdir(e.inputs)  # anything written to the working directory would show up too
     yield e
     _drop_file_handlers()
@@ -240,6 +239,10 @@ CASES = [
     ("top-level-not-dict", _mutated(lambda d: [d["train"], d["valid"], d["test"]]), [], "top level must be a dict"),
     ("missing-split", _mutated(lambda d: d.pop("valid") and None), [], "missing split(s) ['valid']"),
     ("empty-split", _mutated(_empty_split), [], "split 'test' is empty"),
+    ("one-sample-split", _mutated(lambda d: d.update(train={k: v[:1] for k, v in d["train"].items()})), [],
+     "split 'train' has 1 sample; every split needs at least 2"),
+    ("feature-path-is-a-directory", lambda env, d: ["--feature-path", str(env.inputs)], [],
+     "is a directory; --feature-path wants one MMSA-format .pkl file"),
     ("missing-audio_lengths", _mutated(_drop("valid", "audio_lengths")), [], "lacks key(s) ['audio_lengths']"),
     ("missing-regression_labels", _mutated(_drop("train", "regression_labels")), [],
      "lacks key(s) ['regression_labels']"),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from mmsa_alignmamba.cli import add_log_file, setup_logging
 from mmsa_alignmamba.report import write_summary
-from mmsa_alignmamba.runner import Cell, RunSettings, run_cells
+from mmsa_alignmamba.results import Cell
+from mmsa_alignmamba.runner import run_cells
+from mmsa_alignmamba.settings import RunSettings
 from mmsa_alignmamba.synthetic import data_tag, read_metadata
 
 # Each setting spells out every key it depends on, so it means the same whatever the defaults.
@@ -49,13 +51,14 @@ TRUE_PLAN = {"true_plan", "true_plan_nonorm"}
 
 def use_true_plan() -> None:
     """Experiment-only patch: feed the data's true frame->word map to the model as its OT plan, to
-    measure what the fusion can do with a perfect alignment. Not part of the package."""
+    measure what the fusion can do with a perfect alignment. Not part of the package. (The logged
+    plan accuracies are those of the unpatched cost's plans; the fused plan is the true one.)"""
     import torch
     from MMSA.data_loader import MMDataset
 
     from mmsa_alignmamba import model as model_module
     from mmsa_alignmamba import trainer as trainer_module
-    from mmsa_alignmamba.alignment import _hard_transport
+    from mmsa_alignmamba.alignment import _hard_transport, uniform_align
 
     get_item = MMDataset.__getitem__
 
@@ -80,19 +83,20 @@ def use_true_plan() -> None:
         self._truth = {"audio": true_audio, "vision": true_vision}
         return forward(self, *args, **kwargs)
 
-    plan = model_module.AlignMamba._plan
+    align = model_module.AlignMamba._align
 
-    def true_plan(self, kind, m, source, source_mask, anchor, anchor_mask, obs=None):
+    def true_align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post=None):
         truth = getattr(self, "_truth", {}).get(m)
-        if kind != "ot" or truth is None:
-            return plan(self, kind, m, source, source_mask, anchor, anchor_mask, obs)
+        if truth is None or not anchor_present.all():
+            return align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post)
         # frames in pauses (no true word) go where the time-proportional plan puts them
-        fallback = plan(self, "none", m, source, source_mask, anchor, anchor_mask).assignment
+        fallback = uniform_align(source, source_mask, anchor_mask).assignment
         assignment = torch.where(truth >= 0, truth.long(), fallback).masked_fill(~source_mask, -1)
-        return _hard_transport(source, assignment, source_mask, anchor_mask, self.cfg.ot_rescale, self.cfg.ot_reduce)
+        return _hard_transport(source, assignment, source_mask, anchor_mask, self.cfg.ot_rescale,
+                               self.cfg.ot_reduce).aligned
 
     model_module.AlignMamba.forward = forward_with_truth
-    model_module.AlignMamba._plan = true_plan
+    model_module.AlignMamba._align = true_align
 
 
 def main() -> None:

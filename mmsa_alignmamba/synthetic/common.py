@@ -6,17 +6,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..datasets import SHAPES
 from ..safeio import InputError
 
 SPLITS = ("train", "valid", "test")
 
-# Read-only by convention. seq_lens / feature_dims are [text, audio, vision].
+# Read-only by convention. seq_lens / feature_dims (datasets.SHAPES) are [text, audio, vision].
 PRESETS: dict[str, dict[str, Any]] = {
     "mosi": {
         "name": "MOSI",
         "index": 0,
-        "feature_dims": (768, 5, 20),
-        "seq_lens": {"unaligned": (50, 375, 500), "aligned": (50, 50, 50)},
+        **SHAPES["mosi"],
         "sizes": {
             "full": {"train": 1284, "valid": 229, "test": 686},
             "small": {"train": 600, "valid": 150, "test": 300},
@@ -29,8 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mosei": {
         "name": "MOSEI",
         "index": 1,
-        "feature_dims": (768, 74, 35),
-        "seq_lens": {"unaligned": (50, 500, 500), "aligned": (50, 50, 50)},
+        **SHAPES["mosei"],
         "sizes": {
             "full": {"train": 16326, "valid": 1871, "test": 4659},
             "small": {"train": 600, "valid": 150, "test": 300},
@@ -43,8 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sims": {
         "name": "SIMS",
         "index": 2,
-        "feature_dims": (768, 33, 709),
-        "seq_lens": {"unaligned": (39, 400, 55), "aligned": (39, 39, 39)},
+        **SHAPES["sims"],
         "sizes": {
             "full": {"train": 1368, "valid": 456, "test": 457},
             "small": {"train": 600, "valid": 150, "test": 300},
@@ -139,6 +137,44 @@ def word_average(idx, frames, T_l):
     res = np.zeros((B, T_l, d), np.float32)
     res[:, 1:W + 1] = out.reshape(B, W, d)
     return res
+
+
+VOCAB_OFFSET = 1000  # word w is BERT id w + 1000 (clear of [PAD], [CLS], [SEP], [UNK])
+TEXT_NOISE = 0.3     # std of the noise on the text features
+
+
+def write_text(out: dict, sl: slice, s0: int, rng: np.random.Generator, tokens: np.ndarray, tok_mask: np.ndarray,
+               projection: np.ndarray, word_ids: np.ndarray, wmask: np.ndarray, n_words: np.ndarray,
+               vocab_words, raw_text) -> None:
+    """One chunk's text in MMSA's keys: features = latent ``tokens`` (B, T_l, d_z) projected to the
+    text width plus noise (padding exactly 0), BERT ids ([CLS] words [SEP]) and mask, raw text."""
+    B, T_l = tok_mask.shape
+    W = word_ids.shape[1]
+    txt = tokens[tok_mask].astype(np.float32) @ projection      # only real tokens
+    noise = rng.standard_normal(txt.shape, dtype=np.float32)
+    noise *= np.float32(TEXT_NOISE)
+    txt += noise
+    out["text"][sl][tok_mask] = txt
+    ids = np.zeros((B, T_l), np.float32)
+    ids[:, 1:W + 1] = np.where(wmask, word_ids + VOCAB_OFFSET, 0)
+    ids[:, 0] = CLS
+    ids[np.arange(B), n_words + 1] = SEP
+    out["text_bert"][sl, 0] = ids
+    out["text_bert"][sl, 1] = tok_mask.astype(np.float32)
+    for i in range(B):
+        raw_text[s0 + i] = " ".join(vocab_words[t] for t in word_ids[i, : n_words[i]])
+
+
+def add_labels(out: dict, labels: np.ndarray, unimodal: Mapping[str, np.ndarray], preset: Mapping[str, Any],
+               split: str, raw_text) -> None:
+    """A split's labels in MMSA's keys, in MMSA's order: regression labels (and SIMS's unimodal
+    ones), 3-class labels, annotations, sample ids, raw text."""
+    out["regression_labels"] = labels
+    if preset["unimodal_labels"]:
+        for m in "TAV":
+            out["regression_labels_" + m] = unimodal[m]
+    out.update(labels_and_ids(labels, split))
+    out["raw_text"] = raw_text
 
 
 def labels_and_ids(labels: np.ndarray, split: str) -> dict[str, np.ndarray]:

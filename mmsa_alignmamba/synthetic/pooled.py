@@ -52,17 +52,15 @@ from typing import Any
 
 import numpy as np
 
-from .common import CHUNK, CLS, SEP, labels_and_ids, quantize, word_average
+from .common import CHUNK, add_labels, quantize, write_text, word_average
 
 # --- fixed constants of the generative model -------------------------------------------
 _VOCAB = 2000
-_VOCAB_OFFSET = 1000
 _NEUTRAL_FRAC = 0.4
 _LAT_T = 24          # text latent width
 _LAT_M = 4           # audio/vision latent width: [cue, emphasis, nuisance1, nuisance2]
 _SIGMA_P = 0.8
 _WORD_DUR_SHAPE, _WORD_DUR_SCALE = 4.0, 0.1   # seconds
-_TEXT_NOISE = 0.3
 _FRAME_NOISE = 0.5
 _W_L, _W_A, _W_V, _W_X, _W_NOISE = 0.55, 0.35, 0.35, 0.55, 0.15
 _GAIN = 0.65
@@ -203,21 +201,8 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         z[np.arange(B), n_words + 1] = st["sep"]
         tok_mask = np.arange(T_l)[None, :] <= (n_words + 1)[:, None]  # (B, T_l)
         z += ctx[:, None, :]
-        zt = z[tok_mask].astype(np.float32)  # only real tokens: padding stays exactly zero
-        txt = zt @ st["P_t"]
-        noise = rng.standard_normal(txt.shape, dtype=np.float32)
-        noise *= np.float32(_TEXT_NOISE)
-        txt += noise
-        out["text"][sl][tok_mask] = txt
-        del txt, z, zt, noise
-        ids = np.zeros((B, T_l), np.float32)
-        ids[:, 1:W + 1] = np.where(wmask, word_ids + _VOCAB_OFFSET, 0)
-        ids[:, 0] = CLS
-        ids[np.arange(B), n_words + 1] = SEP
-        out["text_bert"][sl, 0] = ids
-        out["text_bert"][sl, 1] = tok_mask.astype(np.float32)
-        for i in range(B):
-            raw_text[s0 + i] = " ".join(vocab_words[t] for t in word_ids[i, : n_words[i]])
+        write_text(out, sl, s0, rng, z, tok_mask, st["P_t"], word_ids, wmask, n_words, vocab_words, raw_text)
+        del z
 
         # ---- shared word timeline, then per-modality sampling
         dur_k = np.where(wmask, rng.gamma(_WORD_DUR_SHAPE, _WORD_DUR_SCALE, (B, W)), 0.0)
@@ -266,12 +251,7 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
     if not aligned:
         out["audio_lengths"] = a_len
         out["vision_lengths"] = v_len
-    out["regression_labels"] = labels
-    if p["unimodal_labels"]:
-        for m in "TAV":
-            out["regression_labels_" + m] = uni[m]
-    out.update(labels_and_ids(labels, split))
-    out["raw_text"] = raw_text
+    add_labels(out, labels, uni, p, split, raw_text)
     latents = None
     if keep_latents:
         latents = {k: np.concatenate(v) for k, v in lat_keep.items()}

@@ -55,11 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from .common import CHUNK, CLS, SEP, TRUE_MAP_KEYS, labels_and_ids, quantize, word_average
+from .common import CHUNK, TRUE_MAP_KEYS, add_labels, quantize, write_text, word_average
 
 # --- fixed constants of the generative model -------------------------------------------
 _VOCAB = 2000
-_VOCAB_OFFSET = 1000
 _N_FUNCTION = 100                     # most frequent words: one syllable, neutral
 _ZIPF_S, _ZIPF_Q = 0.9, 2.7
 _POLAR_FRAC = 0.5                    # content slots that hold a sentiment-bearing word
@@ -70,7 +69,6 @@ _RATE_SIGMA = 0.2
 _PAUSE_PROB, _PAUSE_SHAPE, _PAUSE_SCALE = 0.25, 1.5, 0.15
 _EDGE_SILENCE = (0.05, 0.3)
 _MEAN_WORD_S = 0.31                   # mean word + pause duration (measured once)
-_TEXT_NOISE = 0.3
 _CONTEXT_MIX = 0.2
 _SIGNATURE_DIMS = {"audio": 3, "vision": 6}
 _CODA_CORR = 0.8                      # a word's end sounds like its start, only partly
@@ -250,21 +248,8 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         mixed[:, 1:] += _CONTEXT_MIX * z[:, :-1]
         mixed[:, :-1] += _CONTEXT_MIX * z[:, 1:]
         mixed += ctx[:, None, :]
-        zt = mixed[tok_mask].astype(np.float32)  # only real tokens: padding stays exactly zero
-        txt = zt @ st["P_t"]
-        noise = rng.standard_normal(txt.shape, dtype=np.float32)
-        noise *= np.float32(_TEXT_NOISE)
-        txt += noise
-        out["text"][sl][tok_mask] = txt
-        del txt, z, zt, mixed, noise
-        ids = np.zeros((B, T_l), np.float32)
-        ids[:, 1:W + 1] = np.where(wmask, word_ids + _VOCAB_OFFSET, 0)
-        ids[:, 0] = CLS
-        ids[np.arange(B), n_words + 1] = SEP
-        out["text_bert"][sl, 0] = ids
-        out["text_bert"][sl, 1] = tok_mask.astype(np.float32)
-        for i in range(B):
-            raw_text[s0 + i] = " ".join(vocab_words[t] for t in word_ids[i, : n_words[i]])
+        write_text(out, sl, s0, rng, mixed, tok_mask, st["P_t"], word_ids, wmask, n_words, vocab_words, raw_text)
+        del z, mixed
 
         # ---- one timeline, sampled by each modality at its own rate
         onset, end, total = _timeline(rng, st, word_ids, wmask)
@@ -315,12 +300,7 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         out["vision_lengths"] = lengths["vision"]
         for m, key in TRUE_MAP_KEYS.items():
             out[key] = maps[m]
-    out["regression_labels"] = labels
-    if p["unimodal_labels"]:
-        for m in "TAV":
-            out["regression_labels_" + m] = uni[m]
-    out.update(labels_and_ids(labels, split))
-    out["raw_text"] = raw_text
+    add_labels(out, labels, uni, p, split, raw_text)
     latents = None
     if keep_latents:
         latents = {k: np.concatenate(v) for k, v in lat_keep.items()}

@@ -7,13 +7,14 @@ warm-up call (L = 16).  All three compute the same function, mamba-ssm's
 threads; mambapy's ``MambaBlock.selective_scan`` has no bias / softplus / gate, so those are
 applied around it.  Failures come back as status strings, not exceptions.
 
-    python benchmarks/kernels.py                      # L = 150, 300, 1500; markdown table
-    python benchmarks/kernels.py --lengths 300 --repeats 3
+    python -m mmsa_alignmamba.bench.kernels           # L = 150, 300, 1500; markdown table
+    python -m mmsa_alignmamba.bench.kernels --lengths 300 --repeats 3
+    mmsa bench --kernels                              # the same, as a section of `mmsa bench`
 """
+from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -89,7 +90,7 @@ def _worker(spec):
 
 
 def _run_point(spec):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "mmsa_alignmamba.bench.kernels", "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=POINT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -141,6 +142,29 @@ def markdown_table(rows):
                and r["peak_mb"] > 0 else "")
         lines.append(f"| {r['L']} | {r['method']} | {r['status']} | {t} | {m} | {speed} | {mem} |")
     return "\n".join(lines)
+
+
+def bench_kernels_section(opts, log) -> dict:
+    """The selective-scan comparison of this module as a section of `mmsa bench`; --quick shrinks
+    it to toy sizes."""
+    kwargs = (dict(lengths=(16, 32), batch=2, dim=32, d_state=16, ref_max_len=32, repeats=1) if opts.quick
+              else {})
+    log(f"  kernels: bench_kernels({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) — CPU kernels")
+    rows = bench_kernels(**kwargs)
+    return {"status": "ok", "source": __name__, "rows": rows, "table": markdown_table(rows)}
+
+
+def kernels_markdown(report) -> str:
+    k, m = report["kernels"], report["machine"]
+    lines = [f"# mmsa bench --kernels: selective scan, fwd+bwd, CPU ({m['cpu_model']})", "",
+             "Random inputs. Each point in a fresh subprocess (mmsa_alignmamba.bench.kernels).", ""]
+    if k["status"] != "ok":
+        return "\n".join(lines + [f"Kernel comparison unavailable: {k['reason']}"]) + "\n"
+    if k.get("table"):
+        lines.append(k["table"])
+    else:
+        lines += ["```", json.dumps(k["rows"], indent=1, default=str), "```"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):

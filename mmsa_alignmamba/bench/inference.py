@@ -1,0 +1,181 @@
+"""The inference sweep: for each length and model, one point measured in its own process
+(eval, no_grad, warm-up, median of repeated forward passes; time and peak memory)."""
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import sys
+import time
+
+from .baselines import BASELINES, build_args, build_bench_model, random_inputs
+from .isolation import (ERROR, OK, OOM, SKIPPED, TIMEOUT, MemoryWatchdog, PointTimeout, die_with_parent,
+                        failed_record, is_oom, measure_point, peak_rss_kb, reset_rss_peak)
+
+RESULT_TAG = "MMSA_BENCH_POINT_RESULT "
+
+
+def _tensor_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def run_point(spec: dict, report=None) -> dict:
+    """Measure one (model, L) point in this process. spec: model, length, batch, device, threads,
+    warmup, repeats, repeat_budget_s, time_limit_s, memory_limit_gb. `report(record)` is how the
+    memory watchdog hands over an "oom" record before it ends the process."""
+    import torch
+    started = time.perf_counter()
+    result = {"model": spec["model"], "length": spec["length"], "batch": spec["batch"], "status": ERROR}
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = spec["device"]
+    cuda = str(device).startswith("cuda")
+    torch.manual_seed(0)
+    args = build_args(spec["model"], device)
+    model = build_bench_model(spec["model"], args).eval()
+    inputs, extras = random_inputs(spec["model"], spec["length"], spec["batch"], device)
+    result.update(params=sum(p.numel() for p in model.parameters()),
+                  param_mb=round(_tensor_mb(list(model.parameters())), 3), input_mb=round(_tensor_mb(inputs), 3),
+                  setup_s=round(time.perf_counter() - started, 3))
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    # Baseline.
+    watchdog = None
+    if cuda:
+        sync()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        result["rss_peak_reset"] = reset_rss_peak()
+        baseline_kb = peak_rss_kb()
+        if spec.get("memory_limit_gb"):
+            watchdog = MemoryWatchdog(result, baseline_kb, float(spec["memory_limit_gb"]), report or _print_record)
+            watchdog.start()
+
+    def on_alarm(signum, frame):
+        raise PointTimeout()
+
+    time_limit = float(spec.get("time_limit_s") or 0)
+    if time_limit > 0:
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, time_limit)
+    times, cpu_times = [], []
+    try:
+        with torch.no_grad():
+            for _ in range(int(spec.get("warmup", 1))):
+                model(*inputs, **extras)
+            sync()
+            budget = float(spec.get("repeat_budget_s", 60.0))
+            spent = 0.0
+            for i in range(max(1, int(spec.get("repeats", 5)))):
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = model(*inputs, **extras)
+                sync()
+                times.append(time.perf_counter() - t0)
+                cpu_times.append(time.process_time() - c0)
+                spent += times[-1]
+                if spent > budget:
+                    break
+            del out
+        if time_limit > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        result["status"] = OK
+    except PointTimeout:
+        result.update(status=TIMEOUT, error=f"measuring phase exceeded the time limit of {time_limit:g} s")
+    except BaseException as e:  # noqa: BLE001 - every failure of a point is recorded, not raised
+        if time_limit > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        result.update(status=OOM if is_oom(e) else ERROR, error=f"{type(e).__name__}: {str(e)[:500]}")
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+    if cuda:
+        result.update(memory_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 3),
+                      memory_kind="cuda_max_memory_allocated")
+    else:
+        result.update(memory_mb=round((peak_rss_kb() - baseline_kb) / 1024, 3), memory_kind="rss_hwm_delta",
+                      rss_baseline_mb=round(baseline_kb / 1024, 1))
+        limit_gb = spec.get("memory_limit_gb")
+        if result["status"] == OK and limit_gb and result["memory_mb"] > float(limit_gb) * 1024:
+            # Too brief for the watchdog's polling, but over the limit all the same.
+            result.update(status=OOM, error=f"peak memory {result['memory_mb']:.1f} MB exceeded the limit of {limit_gb:g} GB")
+    if times:
+        result.update(time_s=statistics.median(times), times_s=[round(t, 6) for t in times],
+                      cpu_time_s=statistics.median(cpu_times), cpu_times_s=[round(t, 6) for t in cpu_times],
+                      warmup=int(spec.get("warmup", 1)), repeats=len(times))
+    result["total_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _print_record(record: dict) -> None:
+    sys.stdout.write("\n" + RESULT_TAG + json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def point_main(spec_json: str) -> int:
+    """`python -m mmsa_alignmamba.bench --point SPEC`: one point, the record printed on stdout."""
+    spec = json.loads(spec_json)
+    try:
+        result = run_point(spec)
+    except BaseException as e:  # noqa: BLE001
+        result = failed_record(spec, e)
+    _print_record(result)
+    return 0
+
+
+def _point_child(spec: dict, conn) -> None:
+    """Entry point of a point's process under multiprocessing: the record goes back on `conn`."""
+    die_with_parent()
+    try:
+        result = run_point(spec, report=conn.send)
+    except BaseException as e:  # noqa: BLE001
+        result = failed_record(spec, e)
+    try:
+        conn.send(result)
+        conn.close()
+    except (BrokenPipeError, EOFError):  # the benchmark that asked for this point is gone
+        pass
+
+
+def _plan_warmup(previous: dict | None, length: int, quick: bool) -> int:
+    """One warm-up pass, unless the previous length predicts a pass of over 30 s (then the
+    first-pass overheads are negligible and the warm-up would only burn the time budget)."""
+    if quick:
+        return 1
+    if previous and previous.get("status") == OK and previous.get("time_s"):
+        predicted = previous["time_s"] * (length / previous["length"]) ** 2
+        if predicted > 30:
+            return 0
+    return 1
+
+
+def run_inference(opts, log) -> list[dict]:
+    points = []
+    failed: dict[str, dict] = {}
+    last: dict[str, dict] = {}
+    for length in opts.lengths:
+        for model in opts.models:
+            if model in failed:
+                prior = failed[model]
+                points.append({"model": model, "length": length, "batch": opts.batch, "status": SKIPPED,
+                               "error": f"{prior['status']} at L={prior['length']}"})
+                continue
+            spec = {"model": model, "length": length, "batch": opts.batch, "device": opts.device,
+                    "threads": opts.threads, "warmup": _plan_warmup(last.get(model), length, opts.quick),
+                    "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget,
+                    "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb}
+            point = measure_point(spec, _point_child)
+            points.append(point)
+            last[model] = point
+            if point["status"] != OK:
+                failed[model] = point
+            log(f"  L={length:5d} {BASELINES[model].label:20s} " + (
+                f"{point['time_s'] * 1e3:10.1f} ms wall {point['cpu_time_s'] * 1e3:10.1f} ms CPU "
+                f"{point['memory_mb']:9.1f} MB  "
+                f"({point['repeats']} rep, {point['warmup']} warm-up)" if point["status"] == OK
+                else f"{point['status'].upper()}: {point.get('error', '')[:200]}"))
+    return points

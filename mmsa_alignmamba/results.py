@@ -1,0 +1,98 @@
+"""Finished runs on disk: what a run is (a cell), how it is named, and where it is kept.
+
+The training driver (runner) writes cells through :class:`ResultStore`; the reports read them
+back through the same class, so the layout and the labels are defined here once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .safeio import atomic_write_text
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One train/test run. `variant` names an AlignMamba ablation ('' for the model as configured)."""
+    model: str
+    dataset: str
+    data: str          # 'real' or 'synthetic-<size>': results on different data never mix
+    seed: int
+    protocol: str = COMPLETE
+    rate: float = 0.0
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        return model_label(self.model, self.variant)
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identity: model[+variant]-dataset-data-protocol[rate]-seedS."""
+        model = f"{self.model}+{self.variant}" if self.variant else self.model
+        rate = "" if self.protocol == COMPLETE else f"{self.rate:.2f}"
+        return f"{model}-{self.dataset}-{self.data}-{self.protocol}{rate}-seed{self.seed}"
+
+    def path(self, res_dir: Path) -> Path:
+        return Path(res_dir) / "cells" / self.dataset / self.data / f"{self.slug}.json"
+
+
+def model_label(model: str, variant: str = "") -> str:
+    """How tables name a model: 'alignmamba', or 'alignmamba[wo_local_ot]' for an ablation variant."""
+    return f"{model}[{variant}]" if variant else model
+
+
+class ResultStore:
+    """Finished cells as JSON files under `<res_dir>/cells/`.
+
+    A record remembers the fingerprint of the settings it ran with; asked with other settings
+    (another config, --epochs, data file …) it counts as not finished, so it is run again rather
+    than silently reused."""
+
+    def __init__(self, res_dir, fingerprint: str | None = None):
+        self.res_dir = Path(res_dir)
+        self.fingerprint = fingerprint
+
+    def _read(self, path: Path, what: str) -> dict | None:
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        if self.fingerprint is not None and record.get("settings") != self.fingerprint:
+            logger.warning("%s %s was made with other settings; running it again", what, path.name)
+            return None
+        return record
+
+    def load(self, cell: Cell) -> dict | None:
+        record = self._read(cell.path(self.res_dir), "result")
+        return None if record is None else record["metrics"]
+
+    def save(self, cell: Cell, metrics: dict, extra: dict) -> None:
+        record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real",
+                  "settings": self.fingerprint, **extra}
+        atomic_write_text(cell.path(self.res_dir), json.dumps(record, indent=1, sort_keys=True))
+
+    def training_record(self, cell: Cell) -> dict | None:
+        return self._read(cell.path(self.res_dir).with_suffix(".trained"), "training")
+
+    def save_training_record(self, cell: Cell, record: dict) -> None:
+        atomic_write_text(cell.path(self.res_dir).with_suffix(".trained"),
+                          json.dumps({**record, "settings": self.fingerprint}))
+
+    def records(self) -> list[dict]:
+        root = self.res_dir / "cells"
+        return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+
+    def save_oracle(self, dataset: str, data: str, ladder: dict) -> None:
+        """Keep the oracle ladder of synthetic data beside the results made on it."""
+        record = {"dataset": dataset, "data": data, "synthetic": data != "real", "ladder": ladder}
+        atomic_write_text(self.res_dir / "oracles" / f"{dataset}-{data}.json", json.dumps(record, indent=1, sort_keys=True))
+
+    def oracles(self) -> list[dict]:
+        root = self.res_dir / "oracles"
+        return [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))] if root.is_dir() else []
