@@ -111,7 +111,7 @@ def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore
             trainer.do_train(model, train_loaders)
         except EpochBudgetReached:
             logger.info("stopped %s after the --epochs budget of %d", cell.slug, settings.epochs)
-        record = {"train_seconds": round(time.time() - started, 2), "checkpoint": str(checkpoint)}
+        record = {"train_seconds": round(time.time() - started, 2), "checkpoint": checkpoint.name}  # in --model-save-dir
         store.save_training_record(cell, record)
     else:
         logger.info("reusing the finished training of %s (%s)", cell.slug, checkpoint)
