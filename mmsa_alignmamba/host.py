@@ -168,13 +168,17 @@ def _json_kind(value) -> str:
     return {str: "a string", list: "a list", dict: "an object", type(None): "null"}[type(value)]
 
 
+def _unknown_key(path, where: str, key: str, choices) -> InputError:
+    close = difflib.get_close_matches(key, sorted(choices), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return InputError(f"config file {path}: unknown key {where}.{key}{hint}")
+
+
 def _check_section(user: dict, default: dict, where: str, path, known: set[str]) -> None:
     """Every key of ``user`` must exist in ``default`` (or ``known``) with a value of the same JSON kind."""
     for key, value in user.items():
         if key not in default and key not in known:
-            close = difflib.get_close_matches(key, sorted(set(default) | known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InputError(f"config file {path}: unknown key {where}.{key}{hint}")
+            raise _unknown_key(path, where, key, set(default) | known)
         if key not in default:
             continue
         expected = default[key]
@@ -209,9 +213,7 @@ def _check_user_config(user: dict, default: dict, path) -> None:
             continue
         for part, params in section.items():
             if part not in default[name]:
-                close = difflib.get_close_matches(part, sorted(default[name]), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise InputError(f"config file {path}: unknown key {name}.{part}{hint}")
+                raise _unknown_key(path, name, part, default[name])
             if part == "datasetParams":
                 for dataset, values in params.items():
                     defaults = default[name][part].get(dataset, {})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import COMPLETE, ResultStore, model_label
+from .results import COMPLETE, ResultStore, model_label, plan_kinds
 from .safeio import atomic_write, atomic_write_text
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -121,10 +121,8 @@ PLAN_KINDS = {"ot": "OT plan", "soft_ot": "soft OT plan", "none": "time-proporti
 def alignment_table(summary: pd.DataFrame) -> str:
     """Markdown: where the true frame→word map was known, the share of audio and vision frames
     each plan sends to their true word, exactly / within ±1 word (%, mean over seeds)."""
-    found = {c.split("_", 1)[1].rsplit("_", 1)[0] for c in summary.columns
-             if c.startswith("Plan_") and not c.endswith("_std")}
-    kinds = [k for k in PLAN_KINDS if k in found] + sorted(found - set(PLAN_KINDS))  # third parties' last
-    columns = [(kind, m) for kind in kinds for m in ("audio", "vision") if f"Plan_{kind}_{m}" in summary.columns]
+    columns = [(kind, m) for kind in plan_kinds(summary.columns) for m in ("audio", "vision")
+               if f"Plan_{kind}_{m}" in summary.columns]
     if not columns:
         return ""
     rows = summary.dropna(subset=[f"Plan_{k}_{m}" for k, m in columns], how="all")

@@ -29,10 +29,6 @@ class Cell:
     variant: str = ""
 
     @property
-    def label(self) -> str:
-        return model_label(self.model, self.variant)
-
-    @property
     def slug(self) -> str:
         """A file-name-safe identity: model[+variant]-dataset-data-protocol[rate]-seedS."""
         model = f"{self.model}+{self.variant}" if self.variant else self.model
@@ -41,6 +37,17 @@ class Cell:
 
     def path(self, res_dir: Path) -> Path:
         return Path(res_dir) / "cells" / self.dataset / self.data / f"{self.slug}.json"
+
+
+BUILTIN_PLANS = ("ot", "soft_ot", "none")   # shown in this order; a third party's plans follow by name
+
+
+def plan_kinds(metric_names) -> list[str]:
+    """The plans measured in metrics named ``Plan_<plan>_<modality>`` (a summary's ``…_std``
+    columns skipped), the built-in ones first."""
+    found = {name.split("_", 1)[1].rsplit("_", 1)[0] for name in metric_names
+             if name.startswith("Plan_") and not name.endswith("_std")}
+    return [k for k in BUILTIN_PLANS if k in found] + sorted(found - set(BUILTIN_PLANS))
 
 
 def model_label(model: str, variant: str = "") -> str:

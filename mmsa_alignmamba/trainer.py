@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import host
 from .alignment import plan_hits
+from .results import plan_kinds
 
 logger = logging.getLogger("MMSA")
 
@@ -36,8 +37,7 @@ logger = logging.getLogger("MMSA")
 def plan_text(results: dict) -> str:
     """One line of plan accuracies: '<modality>: <plan> exact% (±1 word %) …'."""
     names = {"ot": "OT", "soft_ot": "soft", "none": "time"}   # a third party's plan shows its own name
-    kinds = sorted({key.split("_", 1)[1].rsplit("_", 1)[0] for key in results if key.startswith("Plan_")},
-                   key=lambda k: (k not in names, list(names).index(k) if k in names else 0, k))
+    kinds = plan_kinds(results)
     parts = []
     for modality in ("audio", "vision"):
         cells = [f"{names.get(k, k)} {100 * results[f'Plan_{k}_{modality}']:.1f} "
