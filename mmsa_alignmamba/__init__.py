@@ -6,7 +6,10 @@ imported, otherwise as soon as it is, so that importing the pure-PyTorch modules
 (`mmsa_alignmamba.model`, `.mamba`, `.alignment`) stays cheap.
 """
 from .host import install_when_mmsa_imports
+from .predict import load_model  # torch and numpy only; MMSA is imported when a model is built
 
 __version__ = "0.1.0"
+__all__ = ["load_model", "__version__"]
 
 install_when_mmsa_imports()
+

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from .safeio import DataFileError, InputError, atomic_write, safe_pickle_loads
+from .safeio import InputError, safe_pickle_loads
 from .settings import checkpoint_path, resolve_output_dirs
 
 __all__ = [
@@ -44,8 +44,10 @@ __all__ = [
     "dataset_relative_path",
     "aligned_dataset_params",
     # MMSA's building blocks for our runner
-    "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed", "save_checkpoint", "load_checkpoint",
+    "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed",
     "metrics_for", "metrics_text",
+    # prediction with a trained model
+    "restore_config", "prediction_dataset", "predict_scores",
 ]
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -576,21 +578,6 @@ def setup_seed(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def save_checkpoint(model: torch.nn.Module, path) -> None:
-    with atomic_write(path) as f:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
-
-
-def load_checkpoint(model: torch.nn.Module, path) -> None:
-    """Weights only: a checkpoint that asks to unpickle anything else is refused, not run."""
-    import pickle
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise DataFileError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    model.load_state_dict(state)
-
-
 def metrics_for(dataset_name: str):
     """MMSA's regression metrics for a dataset: callable(pred (N,1), true (N,1)) -> dict."""
     from MMSA.utils import MetricsTop
@@ -624,3 +611,64 @@ def aligned_dataset_params(dataset_name: str) -> dict:
     if "aligned" not in params:
         raise InputError(f"MMSA has no word-aligned features for {dataset_name.upper()}; drop --aligned")
     return {**params["aligned"], "need_data_aligned": True}
+
+
+# --------------------------------------------------------------------------------------
+# Prediction with a trained model (predict.py), through the same loader and trainer as training
+# --------------------------------------------------------------------------------------
+def restore_config(model_name: str, dataset_name: str, stored: dict | None = None, config_file=None):
+    """MMSA's config object for a trained model: today's defaults for (model, dataset), overlaid
+    with the config the checkpoint recorded (keys added since then keep their defaults); CPU."""
+    args = load_config(model_name, dataset_name, config_file)
+    args.update(stored or {})
+    args.update(model_name=check_model_name(model_name), dataset_name=dataset_name.lower(), train_mode="regression",
+                device=torch.device("cpu"), custom_feature=None, feature_T="", feature_A="", feature_V="",
+                featurePath="", model_save_path="")
+    return args
+
+
+def prediction_dataset(args, split: dict):
+    """MMSA's own MMDataset over one split held in memory (MMSA's dict of arrays, labels filled
+    in), so that prediction sees exactly the preprocessing training saw: the -inf audio fix,
+    the time averaging of models with need_normalized, the truncation of models with seq_lens.
+    MMDataset only reads a file, so the split passes through a temporary one."""
+    import pickle
+
+    from MMSA.data_loader import MMDataset
+    install()
+    with tempfile.TemporaryDirectory(prefix="mmsa-predict-") as tmp:
+        path = Path(tmp) / "split.pkl"
+        with open(path, "wb") as f:
+            pickle.dump({"test": split}, f, protocol=4)
+        config = type(args)(dict(args, featurePath=str(path), feature_dims=list(args["feature_dims"])))
+        previous = logging.getLogger("MMSA").level
+        logging.getLogger("MMSA").setLevel(logging.WARNING)  # "test samples: (N,)" would mislead here
+        try:
+            return MMDataset(config, mode="test")
+        finally:
+            logging.getLogger("MMSA").setLevel(previous)
+
+
+def predict_scores(model: torch.nn.Module, args, loader, quiet: bool = True):
+    """Run the model's own trainer's ``do_test`` over ``loader`` (so every model, built-in or
+    plugin, is called in its own convention) and collect the regression output ``M`` of every
+    batch in order. -> (scores (N,) numpy, the trainer's metric dict). ``quiet`` hides the
+    trainer's log line (its metrics are meaningless when the labels are placeholders)."""
+    import warnings
+
+    import numpy as np
+    trainer = build_trainer(args)
+    scores = []
+    hook = model.register_forward_hook(lambda _m, _i, out: scores.append(out["M"].detach().reshape(-1).cpu()))
+    mmsa_logger = logging.getLogger("MMSA")
+    previous = mmsa_logger.level
+    if quiet:
+        mmsa_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")    # one sample: numpy's "degrees of freedom" warnings
+            metrics = trainer.do_test(model, loader, mode="PREDICT")
+    finally:
+        hook.remove()
+        mmsa_logger.setLevel(previous)
+    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32), metrics

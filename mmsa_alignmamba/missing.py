@@ -66,6 +66,7 @@ __all__ = [
     "SampleProtocol",
     "FrameProtocol",
     "make_protocol",
+    "mark_absent",
     "MissingModalityLoader",
 ]
 
@@ -190,6 +191,20 @@ def _drop_whole(out: dict, present: np.ndarray, use_bert: bool) -> None:
             keep = torch.from_numpy(~absent).to(device=x.device, dtype=x.dtype)
             new = x * keep.view(-1, *([1] * (x.dim() - 1)))
         out[name] = new
+
+
+def mark_absent(batch: dict, present: np.ndarray, use_bert: bool = False) -> dict:
+    """A copy of ``batch`` in which the modalities that ``present`` (B, 3) bool marks absent
+    take their 'missing' form, with the matching ``modality_mask`` — what every protocol does
+    with the masks it draws, for masks chosen by the caller (e.g. ``mmsa predict --absent``)."""
+    out = dict(batch)
+    _mark_absent_(out, np.asarray(present, dtype=bool), use_bert)
+    return out
+
+
+def _mark_absent_(out: dict, present: np.ndarray, use_bert: bool) -> None:
+    _drop_whole(out, present, use_bert)
+    out["modality_mask"] = torch.from_numpy(present).to(_as_tensor(out["audio"]).device)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -321,8 +336,7 @@ class ImderProtocol(MissingProtocol):
     def _apply(self, out, split, batch_index, epoch, num_batches):
         B = _batch_size(out)
         present = np.broadcast_to(self.batch_plan(split, batch_index, epoch, num_batches), (B, 3)).copy()
-        _drop_whole(out, present, self.use_bert)
-        out["modality_mask"] = torch.from_numpy(present).to(_as_tensor(out["audio"]).device)
+        _mark_absent_(out, present, self.use_bert)
 
 
 class SampleProtocol(MissingProtocol):
@@ -371,8 +385,7 @@ class SampleProtocol(MissingProtocol):
 
     def _apply(self, out, split, batch_index, epoch, num_batches):
         present = self.sample_masks(_indices(out), split)
-        _drop_whole(out, present, self.use_bert)
-        out["modality_mask"] = torch.from_numpy(present).to(_as_tensor(out["audio"]).device)
+        _mark_absent_(out, present, self.use_bert)
 
 
 class FrameProtocol(MissingProtocol):

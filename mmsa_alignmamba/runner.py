@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import host
+from . import checkpoints, host
 from .results import COMPLETE, Cell, ResultStore
 from .settings import RunSettings
 
@@ -115,7 +115,7 @@ def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore
         store.save_training_record(cell, record)
     else:
         logger.info("reusing the finished training of %s (%s)", cell.slug, checkpoint)
-    host.load_checkpoint(model, checkpoint)
+    checkpoints.load_weights_into(model, checkpoint)
     return model.to(args["device"]), trainer, record
 
 
@@ -129,12 +129,28 @@ def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], st
     if settings.true_alignment:
         attach_true_alignment(loaders, args["featurePath"])
     model, trainer, record = _train(cell, settings, args, loaders, store)
+    described = checkpoints.load(args["model_save_path"]).meta or {}
+    tested = dict(described.get("test_metrics") or {})
+    results = []
     for test_cell in test_cells:
         host.setup_seed(cell.seed)
         test_loaders = loaders if test_cell.protocol == COMPLETE else _wrap_missing(loaders, test_cell, args, False)
         metrics = trainer.do_test(model, test_loaders["test"], mode="TEST")
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+        results.append((test_cell, metrics))
+        tested[test_setting(test_cell)] = metrics
+    # The checkpoint describes itself (model, config, widths, data, scores) before any cell is
+    # recorded, so that a finished cell always has a described checkpoint.
+    meta = checkpoints.describe(args, dataset=cell.dataset, data=cell.data, seed=cell.seed,
+                                variant=cell.variant or None, test_metrics=tested)
+    checkpoints.save(args["model_save_path"], model.state_dict(), meta)
+    for test_cell, metrics in results:
         store.save(test_cell, metrics, {"train_cell": asdict(cell), "train_seconds": record["train_seconds"]})
+
+
+def test_setting(cell: Cell) -> str:
+    """How a checkpoint names the test it records: 'complete', or '<protocol>@<rate>'."""
+    return COMPLETE if cell.protocol == COMPLETE else f"{cell.protocol}@{cell.rate:g}"
 
 
 def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[tuple[Cell, dict]]:

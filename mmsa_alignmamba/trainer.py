@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import host
+from . import checkpoints, host
 from .alignment import plan_hits
 from .results import plan_kinds
 
@@ -137,7 +137,7 @@ class AlignMambaTrainer:
             improved = current < best_valid - 1e-6 if lower_is_better else current > best_valid + 1e-6
             if improved:
                 best_valid, best_epoch = current, epoch
-                host.save_checkpoint(evaluated, args["model_save_path"])
+                checkpoints.save(args["model_save_path"], evaluated.state_dict(), None)  # bare: MMSA_run reloads it
             if return_epoch_results:
                 history["train"].append(train_results)
                 history["valid"].append(valid_results)

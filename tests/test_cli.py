@@ -368,10 +368,17 @@ def test_second_plugin_is_listed_and_trains(toy_plugin, tmp_path, short_pkl, cap
     (checkpoint,) = (out / "models").glob("*.pth")
     assert checkpoint.name.startswith("toyfusion-mosi")
     import torch
-    assert set(torch.load(checkpoint, weights_only=True)) == {"Model.proj.weight", "Model.proj.bias",
-                                                              "Model.out.weight", "Model.out.bias"}
+    payload = torch.load(checkpoint, weights_only=True)
+    assert set(payload["state_dict"]) == {"Model.proj.weight", "Model.proj.bias", "Model.out.weight", "Model.out.bias"}
+    assert payload["meta"]["model"] == "toyfusion"
     (cell,) = _cell_files(out / "results")
     assert json.loads(cell.read_text())["cell"]["model"] == "toyfusion"
+    # a plugin's checkpoint predicts like a built-in one
+    preds = tmp_path / "toy.csv"
+    rc, _, err = _main(["predict", "--checkpoint", checkpoint, "--feature-path", short_pkl, "--out", preds, "-b", "1"],
+                       capsys)
+    assert rc == 0, err
+    assert len(preds.read_text().splitlines()) == 1 + 8
 
 
 def test_second_plugin_through_mmsa_run(toy_plugin, tmp_path, short_pkl):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmsa_alignmamba import safeio
 from mmsa_alignmamba.synthetic import write_synthetic
@@ -154,8 +155,10 @@ def test_identical_cpu_runs_give_identical_metrics_and_resume_reuses_training(sw
     a, b = _determinism(sweep_pkl, outs, args)
     assert len(a.cells()) == 2
     removed = next(p for p in a.cells() if "sample0.50" in p.name)
-    kept = [p for p in a.cells() if p != removed] + sorted(a.models.iterdir())
+    kept = [p for p in a.cells() if p != removed]
     mtimes = {p: p.stat().st_mtime_ns for p in kept}
+    (checkpoint,) = sorted(a.models.iterdir())
+    weights = torch.load(checkpoint, weights_only=True)["state_dict"]
     removed.unlink()  # as if killed right after the 0.2 result was saved
 
     again = a.run(args, sweep_pkl)
@@ -163,6 +166,10 @@ def test_identical_cpu_runs_give_identical_metrics_and_resume_reuses_training(sw
     assert "already finished, skipping: lf_dnn-mosi-synthetic-n24-8-8-sample0.20-seed7" in again.stderr
     assert "after the --epochs budget" not in again.stderr  # no training epoch ran
     assert {p: p.stat().st_mtime_ns for p in kept} == mtimes
+    # the checkpoint keeps its weights and now records the test it was reused for as well
+    payload = torch.load(checkpoint, weights_only=True)
+    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in weights.items())
+    assert set(payload["meta"]["test_metrics"]) == {"sample@0.2", "sample@0.5"}
     assert cell_metrics(a) == cell_metrics(b)
     assert metric_rows(a.res / "summary.csv") == metric_rows(b.res / "summary.csv")
     assert temp_files(a.root, b.root) == []

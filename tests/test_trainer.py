@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmsa_alignmamba import host
+from mmsa_alignmamba import checkpoints, host
 from mmsa_alignmamba.synthetic import write_synthetic
 
 MOSI_METRICS = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"}
@@ -35,7 +35,7 @@ def test_train_saves_best_checkpoint_and_test_reports_mmsa_metrics(tiny_mosi, tm
     assert len(history["train"]) == 2 and {"TaskLoss", "AlignLoss"} <= set(history["train"][0])
     assert history["train"][0]["AlignLoss"] > 0, "the MMD term must be part of training"
     assert (tmp_path / "best.pth").is_file()
-    host.load_checkpoint(model, tmp_path / "best.pth")
+    checkpoints.load_weights_into(model, tmp_path / "best.pth")
     results = trainer.do_test(model, loaders["test"], mode="TEST")
     assert MOSI_METRICS <= set(results)
     assert all(math.isfinite(results[k]) for k in MOSI_METRICS)

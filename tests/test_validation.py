@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsa_alignmamba import cli, host, safeio
+from mmsa_alignmamba import checkpoints, cli, host, safeio
 from mmsa_alignmamba.synthetic import make_synthetic
 
 SMALL = {"train": 4, "valid": 3, "test": 3}     # validation-only cases: never trained on
@@ -457,15 +457,15 @@ def test_checkpoint_with_payload_is_refused(tmp_path):
     state["bias_extra"] = _SystemPayload(marker)
     torch.save(state, path)
     assert not marker.exists()
-    with pytest.raises(safeio.DataFileError, match="cannot load checkpoint .*evil.pth: UnpicklingError"):
-        host.load_checkpoint(model, path)
+    with pytest.raises(safeio.DataFileError, match="refused to load checkpoint .*evil.pth: it holds more than weights"):
+        checkpoints.load_weights_into(model, path)
     assert not marker.exists()
 
 
 def test_checkpoint_roundtrip_still_loads(tmp_path):
     import torch
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    host.save_checkpoint(a, tmp_path / "ok.pth")
-    host.load_checkpoint(b, tmp_path / "ok.pth")
+    checkpoints.save(tmp_path / "ok.pth", a.state_dict(), None)
+    checkpoints.load_weights_into(b, tmp_path / "ok.pth")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
