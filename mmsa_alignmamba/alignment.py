@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .components import AlignOptions, ScoreBlock
+from .tracing import traceable
 
 __all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "relaxed_plan", "soft_plan",
            "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2", "alignment_loss",
@@ -229,6 +230,8 @@ def _hard_transport(source: Tensor, assignment: Tensor, source_mask: Tensor, anc
     scale = _scale(anchor_mask, rescale, source.dtype)  # (B,)
     # Source row (b, i) is added to flat row b·T_l + assignment[b, i]. Padded rows were zeroed
     # and have mass 0, so parking them on column 0 adds nothing (and avoids a boolean-index sync).
+    if torch.jit.is_tracing():
+        return _dense_transport(source, assignment, mass, scale, anchor_mask, reduce)
     rows = assignment.clamp_min(0) + torch.arange(batch, device=source.device)[:, None] * t_l
     weights = mass * scale[:, None]  # (B, T_m)
     if _check_reduce(reduce) == "mean":  # each anchor row: the mean of what it receives
@@ -238,6 +241,20 @@ def _hard_transport(source: Tensor, assignment: Tensor, source_mask: Tensor, anc
     aligned = source.new_zeros(batch * t_l, width).index_add(
         0, rows.flatten(), (source * weights[:, :, None]).reshape(batch * t_m, width)
     ).view(batch, t_l, width)
+    return OTAlignment(aligned=aligned, scale=scale, assignment=assignment, mass=mass)
+
+
+def _dense_transport(source: Tensor, assignment: Tensor, mass: Tensor, scale: Tensor, anchor_mask: Tensor,
+                     reduce: str) -> OTAlignment:
+    """_hard_transport for the export: ONNX turns index_add into a scatter that keeps one of the
+    rows sent to the same word instead of their sum, so the plan is spelled out as a dense
+    (B, T_m, T_l) matrix and applied with one batched product."""
+    words = torch.arange(anchor_mask.shape[1], device=source.device)
+    plan = (assignment.clamp_min(0)[:, :, None] == words[None, None, :]).to(source.dtype) * mass[:, :, None]
+    if reduce == "mean":   # each word: the mean of its frames
+        plan = plan / plan.sum(1, keepdim=True).clamp_min(torch.finfo(source.dtype).tiny)
+        scale = torch.ones_like(scale)
+    aligned = torch.bmm(plan.transpose(1, 2), source) * scale[:, None, None]
     return OTAlignment(aligned=aligned, scale=scale, assignment=assignment, mass=mass)
 
 
@@ -359,6 +376,8 @@ def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     ``log_lik`` with respect to ``log_emit`` is the posterior, computed here directly (the
     forward-backward identity) instead of by autograd through T_m steps.
     """
+    if torch.jit.is_tracing():   # the ONNX export: no autograd, the recursions as a scripted loop
+        return traceable(_forward_backward)(log_emit, frame_mask, word_mask, float(skip))
     return _MonotoneForwardBackward.apply(log_emit, frame_mask, word_mask, float(skip))
 
 
@@ -380,9 +399,43 @@ class _MonotoneForwardBackward(torch.autograd.Function):
         return log_post.exp() * grad_log_lik[:, None, None], None, None, None
 
 
+def _shift_right(x: Tensor, k: int) -> Tensor:
+    """x[:, j − k] at j, −inf where j < k: (B, T_l) -> (B, T_l)."""
+    pad = x.new_full((x.shape[0], k), float("-inf"))
+    return torch.cat([pad, x], 1)[:, :x.shape[1]]
+
+
+def _shift_left(x: Tensor, k: int) -> Tensor:
+    """x[:, j + k] at j, −inf where j + k >= T_l: (B, T_l) -> (B, T_l)."""
+    pad = x.new_full((x.shape[0], k), float("-inf"))
+    return torch.cat([x, pad], 1)[:, k:]
+
+
+def _log_add(a: Tensor, b: Tensor) -> Tensor:
+    """log(eᵃ + eᵇ), −inf where both are. ONNX has no logaddexp: the compiled (export) path
+    spells it out with a shift that keeps −inf finite."""
+    if torch.jit.is_scripting():
+        top = torch.maximum(a, b)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return top + torch.log(torch.exp(a - top) + torch.exp(b - top))
+    return torch.logaddexp(a, b)
+
+
+def _log_sum(x: Tensor, dim: int) -> Tensor:
+    """logsumexp over ``dim``, −inf where every entry is. ONNX Runtime's ReduceLogSumExp
+    underflows to −inf for very negative inputs, so the compiled path shifts by the maximum."""
+    if torch.jit.is_scripting():
+        top = x.amax(dim, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return (top + torch.log(torch.exp(x - top).sum(dim, keepdim=True))).squeeze(dim)
+    return torch.logsumexp(x, dim=dim)
+
+
 def _forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, skip: float) -> Tuple[Tensor, Tensor]:
-    dtype = torch.promote_types(log_emit.dtype, torch.float32)
-    batch, t_m, t_l = log_emit.shape
+    # Written in the subset of Python TorchScript compiles, so that the ONNX export runs the same
+    # recursions as a Loop over the frames (see tracing.py).
+    dtype = torch.float64 if log_emit.dtype == torch.float64 else torch.float32
+    batch, t_m, t_l = log_emit.shape[0], log_emit.shape[1], log_emit.shape[2]
     neg = float("-inf")
     emit = log_emit.to(dtype).masked_fill(~word_mask[:, None, :], neg)            # (B, T_m, T_l)
     n_m = frame_mask.sum(1).clamp_min(1)                                           # (B,)
@@ -390,37 +443,79 @@ def _forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, s
     advance = ((n_l - 1).to(dtype) / (n_m - 1).clamp_min(1).to(dtype) / (1 + skip)).clamp(1e-4, 0.95)[:, None]
     log_stay, log_move, log_skip = torch.log1p(-advance), torch.log(advance * (1 - skip)), torch.log(advance * skip)
 
-    def shifted(x, k):  # x[:, j - k] at j (−inf where j < k)
-        return torch.cat([x.new_full((batch, k), neg), x[:, :-k]], 1) if k < t_l else x.new_full(x.shape, neg)
-
-    alpha = emit.new_full((batch, t_m, t_l), neg)
-    start = emit.new_full((batch, t_l), neg)
-    start[:, 0] = math.log(1 - skip)
-    if t_l > 1:
-        start[:, 1] = math.log(skip)
-    alpha[:, 0] = start + emit[:, 0]
+    first = torch.arange(t_l, device=emit.device)[None, :]                         # (1, T_l)
+    impossible = torch.full((1, t_l), neg, dtype=dtype, device=emit.device)
+    start = torch.where(first == 0, math.log(1 - skip), torch.where(first == 1, math.log(skip), impossible))
+    start = start.expand(batch, t_l)
+    prev = start + emit[:, 0]
+    alphas = [prev]
     for t in range(1, t_m):
-        prev = alpha[:, t - 1]
-        step = torch.logaddexp(torch.logaddexp(prev + log_stay, shifted(prev, 1) + log_move),
-                               shifted(prev, 2) + log_skip) + emit[:, t]
-        alpha[:, t] = torch.where(frame_mask[:, t, None], step, prev)              # padding: carry
+        step = _log_add(_log_add(prev + log_stay, _shift_right(prev, 1) + log_move),
+                        _shift_right(prev, 2) + log_skip) + emit[:, t]
+        prev = torch.where(frame_mask[:, t, None], step, prev)                    # padding: carry
+        alphas.append(prev)
+    alpha = torch.stack(alphas, 1)                                                 # (B, T_m, T_l)
     last = torch.arange(batch, device=emit.device)
     final = alpha[last, n_m - 1]                                                   # (B, T_l)
     reachable = (n_l - 1) <= 2 * (n_m - 1) + 1                                     # skips move two words
-    end = torch.where(reachable[:, None], F.one_hot(n_l - 1, t_l).bool(), word_mask)
+    end = (reachable[:, None] & (first == (n_l - 1)[:, None])) | (~reachable[:, None] & word_mask)  # no bool Where in ONNX Runtime
     end_log = torch.zeros_like(final).masked_fill(~end, neg)
-    log_lik = torch.logsumexp(final + end_log, dim=1)                              # (B,)
+    log_lik = _log_sum(final + end_log, 1)                                         # (B,)
 
-    beta = emit.new_full((batch, t_m, t_l), neg)
-    beta[last, n_m - 1] = end_log
+    # beta[t] = end_log at each sample's last frame, the recursion before it, −inf after it
+    frame = torch.arange(t_m, device=emit.device)
+    nxt = torch.where((n_m - 1 == t_m - 1)[:, None], end_log, torch.full_like(end_log, neg))
+    betas = [nxt]
     for t in range(t_m - 2, -1, -1):
-        nxt = beta[:, t + 1] + emit[:, t + 1]                                      # (B, T_l)
-        back = lambda x, k: torch.cat([x[:, k:], x.new_full((batch, k), neg)], 1) if k < t_l \
-            else x.new_full(x.shape, neg)                                         # x[:, j + k] at j
-        step = torch.logaddexp(torch.logaddexp(nxt + log_stay, back(nxt, 1) + log_move), back(nxt, 2) + log_skip)
-        beta[:, t] = torch.where((t < n_m - 1)[:, None], step, beta[:, t])
+        ahead = nxt + emit[:, t + 1]                                               # (B, T_l)
+        step = _log_add(_log_add(ahead + log_stay, _shift_left(ahead, 1) + log_move),
+                        _shift_left(ahead, 2) + log_skip)
+        nxt = torch.where((frame[t] < n_m - 1)[:, None], step,
+                          torch.where((frame[t] == n_m - 1)[:, None], end_log, nxt))
+        betas.append(nxt)
+    beta = torch.stack(betas, 1).flip(1)                                           # built last frame first
     log_post = (alpha + beta - log_lik[:, None, None]).masked_fill(~frame_mask[:, :, None], neg)
     return log_lik.to(log_emit.dtype), log_post.to(log_emit.dtype)
+
+
+def _grid_emissions(emits: List[Tensor], masks: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The sources on one clock: per sample a grid of G = max(n_m) steps, step g collecting the
+    log-likelihood of each source's frame at relative time (g + ½)/G, weighted n_m/G so that
+    every frame counts once. ``emits``: (B, T_m, T_l) per source; ``masks``: (B, T_m) per source.
+    -> (grid log-likelihoods (B, G, T_l), grid mask (B, G), G per sample (B,))."""
+    counts = [mask.sum(1) for mask in masks]                                   # (B,) frames per source
+    n_grid = torch.stack(counts).amax(0).clamp_min(1)                          # (B,)
+    if torch.jit.is_tracing():
+        # the export: as many grid steps as the longest padded source, a length the graph keeps
+        # dynamic (int() would freeze it); the extra steps are masked, so nothing changes
+        steps = torch.stack([torch._shape_as_tensor(mask)[1] for mask in masks]).amax()
+    else:
+        steps = int(n_grid.max())
+    device = masks[0].device
+    grid_mask = torch.arange(steps, device=device)[None, :] < n_grid[:, None]
+    g = torch.arange(steps, device=device, dtype=torch.float64)[None, :] + 0.5   # (1, G)
+    grid_emit = None
+    for e, count in zip(emits, counts):
+        n = count.clamp_min(1)
+        frame = (g * n[:, None] / n_grid[:, None]).floor().long().clamp(max=e.shape[1] - 1)  # (B, G)
+        weight = (count / n_grid).to(e.dtype)[:, None, None]                     # 0 where absent
+        picked = e.gather(1, frame[..., None].expand(-1, -1, e.shape[2]))
+        term = weight * picked.masked_fill(weight == 0, 0.0)
+        grid_emit = term if grid_emit is None else grid_emit + term
+    return grid_emit, grid_mask, n_grid
+
+
+def _grid_posteriors(grid_post: Tensor, masks: List[Tensor], n_grid: Tensor) -> List[Tensor]:
+    """Each source frame's log posterior over the words is its grid step's: (B, T_m, T_l) per source."""
+    steps = grid_post.shape[1]
+    posts = []
+    for mask in masks:
+        count = mask.sum(1).clamp_min(1)
+        k = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float64)[None, :] + 0.5
+        step = (k * n_grid[:, None] / count[:, None]).floor().long().clamp(max=steps - 1)
+        posts.append(grid_post.gather(1, step[..., None].expand(-1, -1, grid_post.shape[2]))
+                     .masked_fill(~mask[..., None], float("-inf")))
+    return posts
 
 
 class FrameEmission(nn.Module):
@@ -449,9 +544,12 @@ class FrameEmission(nn.Module):
         Call once per forward: in training it updates the running statistics."""
         weights = frame_mask.to(frames.dtype)[..., None]
         centred = frames - (frames * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        if not self.training:  # running statistics: one map per feature, no gather of the valid frames
+            scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+            return ((centred.detach() - self.norm.running_mean) * scale).masked_fill(~frame_mask[..., None], 0.0)
         out = torch.zeros_like(centred)
         valid = centred[frame_mask].detach()                                   # (N_valid, d_frame)
-        if valid.shape[0] > 1 or (valid.shape[0] and not self.training):
+        if valid.shape[0] > 1:
             out[frame_mask] = self.norm(valid)
         elif valid.shape[0]:  # batch statistics need two frames: one frame uses the running ones
             out[frame_mask] = F.batch_norm(valid, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
@@ -538,26 +636,12 @@ class WordAligner(nn.Module):
         return log_lik, posts
 
     def _monotone(self, emit, masks, word_mask):
-        counts = {m: mask.sum(1) for m, mask in masks.items()}                    # (B,) frames per source
-        n_grid = torch.stack(list(counts.values())).amax(0).clamp_min(1)          # (B,)
-        steps = int(n_grid.max())
-        grid_mask = torch.arange(steps, device=word_mask.device)[None, :] < n_grid[:, None]
-        g = torch.arange(steps, device=word_mask.device, dtype=torch.float64)[None, :] + 0.5   # (1, G)
-        grid_emit = 0.0
-        for m, e in emit.items():
-            n = counts[m].clamp_min(1)
-            frame = (g * n[:, None] / n_grid[:, None]).floor().long().clamp(max=e.shape[1] - 1)  # (B, G)
-            weight = (counts[m] / n_grid).to(e.dtype)[:, None, None]                  # 0 where absent
-            picked = e.gather(1, frame[..., None].expand(-1, -1, e.shape[2]))
-            grid_emit = grid_emit + weight * picked.masked_fill(weight == 0, 0.0)
+        names = list(emit)
+        frame_masks = [masks[m] for m in names]
+        grid_emit, grid_mask, n_grid = _grid_emissions([emit[m] for m in names], frame_masks)
         log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip)
-        posts = {}
-        for m, e in emit.items():
-            k = torch.arange(e.shape[1], device=e.device, dtype=torch.float64)[None, :] + 0.5
-            step = (k * n_grid[:, None] / counts[m].clamp_min(1)[:, None]).floor().long().clamp(max=steps - 1)
-            posts[m] = grid_post.gather(1, step[..., None].expand(-1, -1, grid_post.shape[2])) \
-                .masked_fill(~masks[m][..., None], float("-inf"))
-        return log_lik, posts
+        posts = _grid_posteriors(grid_post, frame_masks, n_grid)
+        return log_lik, dict(zip(names, posts))
 
     def nll(self, log_lik: Tensor, frames: Mapping[str, Tuple[Tensor, Tensor]],
             present: Optional[Mapping[str, Tensor]] = None, samples: Optional[Tensor] = None) -> Tensor:

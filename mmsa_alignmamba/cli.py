@@ -23,7 +23,7 @@ from .settings import RunSettings, output_root, resolve_output_dirs
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "report", "predict", "bench")
+SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "report", "predict", "export", "bench")
 SYNTHETIC_SIZES = ("small", "full")
 from .synthetic import TASKS as _TASKS
 SYNTHETIC_TASKS = tuple(_TASKS)
@@ -438,13 +438,40 @@ def cmd_predict(argv) -> int:
     return 0
 
 
+def cmd_export(argv) -> int:
+    p = ArgumentParser(prog="mmsa export", description="Export a trained AlignMamba to ONNX: inputs text, audio, vision "
+                       "(batch, steps, width) and audio_lengths, vision_lengths (batch,); output score (batch,). Batch "
+                       "and sequence lengths are dynamic; all modalities are present. Checked in ONNX Runtime against "
+                       "PyTorch on random inputs before it is kept.")
+    p.add_argument("--checkpoint", required=True, help="an AlignMamba .pth written by `mmsa`")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
+    p.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx)")
+    args = p.parse_args(argv)
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes through it)
+    except ImportError:
+        raise InputError('ONNX export needs the onnx extra: pip install -e ".[onnx]"') from None
+    from .export import export_onnx, verify_onnx
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give a file name")
+    path = export_onnx(args.checkpoint, out)
+    gap = verify_onnx(args.checkpoint, path)
+    if gap is None:
+        print(f"wrote {path} (onnxruntime is not installed: not checked)")
+    else:
+        print(f"wrote {path}; ONNX Runtime agrees with PyTorch within {gap:.1e} (relative, random inputs, 3 shapes)")
+    return 0
+
+
 def cmd_bench(argv) -> int:
     from .bench import main as bench_main
     return bench_main(argv)
 
 
 COMMANDS = {"models": cmd_models, "components": cmd_components, "make-synthetic": cmd_make_synthetic,
-            "ablate": cmd_ablate, "report": cmd_report, "predict": cmd_predict, "bench": cmd_bench}
+            "ablate": cmd_ablate, "report": cmd_report, "predict": cmd_predict, "export": cmd_export,
+            "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

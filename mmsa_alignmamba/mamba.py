@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Mamba", "selective_scan", "mamba_ssm_available"]
+from .tracing import traceable
+
+__all__ = ["Mamba", "selective_scan", "selective_scan_steps", "mamba_ssm_available"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -296,6 +298,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
+def selective_scan_steps(u, delta, A, B, C, D, z, delta_bias):
+    """The reference path: the recurrence one step at a time, as the model uses it (softplus on
+    delta, D skip, SiLU gate). Shapes as :func:`selective_scan`. Slow in eager PyTorch, but plain
+    enough for TorchScript: the ONNX export runs it as a Loop over steps (tracing.py)."""
+    dt = F.softplus(delta.float() + delta_bias.float()[:, None])                      # (b, d, L)
+    decay = torch.exp(dt.unsqueeze(-1) * A.float()[:, None, :])                       # (b, d, L, n)
+    drive = (dt * u.float()).unsqueeze(-1) * B.float().transpose(1, 2).unsqueeze(1)   # (b, d, L, n)
+    h = torch.zeros_like(drive[:, :, 0])                                              # (b, d, n)
+    states = []
+    for step in range(u.shape[2]):
+        h = decay[:, :, step] * h + drive[:, :, step]
+        states.append(h)
+    y = (torch.stack(states, 2) * C.float().transpose(1, 2).unsqueeze(1)).sum(-1)     # (b, d, L)
+    y = y + u.float() * D.float()[:, None]
+    return (y * F.silu(z.float())).to(u.dtype)
+
+
 class Mamba(nn.Module):
     """``mamba_ssm.modules.mamba_simple.Mamba``, same arguments, parameters and init.
 
@@ -401,17 +420,13 @@ class Mamba(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, L, d_inner); bias goes in as delta_bias
         # (b, L, k) tensors go in as (b, k, L) views: the scan's chunking reads them row-wise
-        y = selective_scan(
-            x,
-            dt.transpose(1, 2),
-            -torch.exp(self.A_log.float()),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
-            self.D.float(),
-            z=z.transpose(1, 2),
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-        )
+        A = -torch.exp(self.A_log.float())
+        if torch.jit.is_tracing():  # the export path: the same recurrence as a loop that stays dynamic
+            y = traceable(selective_scan_steps)(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+                                                self.D, z.transpose(1, 2), self.dt_proj.bias)
+        else:
+            y = selective_scan(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+                               z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
 
     def _forward_mamba_ssm(self, hidden_states, mamba_inner_fn, selective_scan_fn,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_pickle, run_cli
 
 import mmsa_alignmamba
-from conftest import load_pickle, run_cli
 from mmsa_alignmamba import checkpoints, cli, host
 from mmsa_alignmamba.predict import sentiment_classes
 from mmsa_alignmamba.safeio import InputError
