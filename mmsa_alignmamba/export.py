@@ -14,7 +14,6 @@ precomputed features (use_bert models fine-tune BERT inside; export those with B
 """
 from __future__ import annotations
 
-import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,9 +23,7 @@ from torch import nn
 
 from .safeio import InputError
 
-__all__ = ["export_onnx", "verify_onnx", "ONNX_INPUTS", "example_inputs"]
-
-logger = logging.getLogger("mmsa_alignmamba")
+__all__ = ["export_onnx", "export_model", "verify_onnx", "ONNX_INPUTS", "example_inputs"]
 
 ONNX_INPUTS = ("text", "audio", "vision", "audio_lengths", "vision_lengths")
 OPSET = 17
@@ -67,8 +64,11 @@ def export_onnx(checkpoint, out) -> Path:
     net = getattr(loaded.model, "Model", loaded.model)      # MMSA's AMIO wraps the model
     if net.cfg.use_bert:
         raise InputError("ONNX export needs precomputed text features; this checkpoint fine-tunes BERT (use_bert)")
-    if net.cfg.modality_dropout or len(net.cfg.modalities) < 3:
-        logger.info("exporting %s with modalities %s", checkpoint, ", ".join(net.cfg.modalities))
+    return export_model(net, out)
+
+
+def export_model(net: nn.Module, out) -> Path:
+    """Write the ONNX graph of an AlignMamba module (``model.AlignMamba``) to ``out``, atomically."""
     # One argmax block per source covers every length the graph will see (see relaxed_plan).
     net.cfg.ot_block_size = 1 << 30
     graph = _Scores(net).eval()
@@ -84,7 +84,7 @@ def export_onnx(checkpoint, out) -> Path:
             # the tracer warns about every Python bool it freezes; the frozen ones are the
             # all-modalities-present branches, which is what the graph is for
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example_inputs(loaded.info.feature_dims), str(tmp_path), dynamo=False,
+            torch.onnx.export(graph, example_inputs(net.cfg.feature_dims), str(tmp_path), dynamo=False,
                               input_names=list(ONNX_INPUTS), output_names=["score"], dynamic_axes=axes,
                               opset_version=OPSET)
         tmp_path.replace(out)

@@ -13,14 +13,16 @@ import functools
 
 import torch
 
-__all__ = ["traceable"]
+__all__ = ["traceable", "compiled"]
 
 
 def traceable(fn):
     """``fn``, or its TorchScript compilation while tracing."""
-    return _scripted(fn) if torch.jit.is_tracing() else fn
+    return compiled(fn) if torch.jit.is_tracing() else fn
 
 
 @functools.cache
-def _scripted(fn):
+def compiled(fn):
+    """``fn`` compiled by TorchScript, once per process (the same ATen operations, so the same
+    numbers, without the Python interpreter between them)."""
     return torch.jit.script(fn)

@@ -153,3 +153,22 @@ def test_kernels_section_runs_from_an_installed_wheel(tmp_path):
     assert Path(where).is_relative_to(target), where   # the wheel's copy ran, not the checkout's
     ours = [r for r in kernels["rows"] if r["method"] == "ours"]
     assert ours and all(r["status"] == "ok" and r["seconds"] > 0 for r in ours)
+
+
+def test_shapes_measures_every_model_at_the_real_shapes(tmp_path):
+    """`--shapes`: each registered model (AlignMamba eager and in ONNX Runtime, MulT, the Transformer
+    fusion, LF-DNN) at SIMS's real lengths and widths; ratios measured in the same run."""
+    pytest.importorskip("onnxruntime")
+    code = mmsa_main(["bench", "--shapes", "sims", "--shape-batches", "1", "--repeats", "1", "--threads", "1",
+                      "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    points = {p["model"]: p for p in report["shape_points"]}
+    assert set(points) == set(bench.BASELINES)
+    for p in points.values():
+        assert p["status"] == "ok", p
+        assert (p["shape"], p["batch"], p["lengths"]) == ("sims", 1, [39, 400, 55]) and p["time_s"] > 0
+    (ratios,) = report["shape_summary"]
+    assert {"alignmamba_vs_transformer", "alignmamba_vs_mult", "alignmamba_vs_lf_dnn", "onnx_vs_eager"} <= set(ratios)
+    md = (tmp_path / "bench.md").read_text()
+    assert "SIMS (39, 400, 55)" in md and "ONNX Runtime / eager AlignMamba" in md and "RANDOM" in md

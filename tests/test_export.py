@@ -13,7 +13,7 @@ from mmsa_alignmamba import cli, host, load_model
 from mmsa_alignmamba.alignment import _forward_backward
 from mmsa_alignmamba.export import ONNX_INPUTS, example_inputs
 from mmsa_alignmamba.mamba import selective_scan, selective_scan_steps
-from mmsa_alignmamba.tracing import _scripted
+from mmsa_alignmamba.tracing import compiled
 
 ort = pytest.importorskip("onnxruntime")   # in the test extra: CI always runs these
 
@@ -72,15 +72,19 @@ def test_export_paths_compute_the_eager_functions():
     A, B, C = -torch.rand(d, n, generator=g) * 3, torch.randn(b, n, length, generator=g), torch.randn(b, n, length, generator=g)
     D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g)
     fast = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
-    steps = _scripted(selective_scan_steps)(u, delta, A, B, C, D, z, bias)
+    steps = compiled(selective_scan_steps)(u, delta, A, B, C, D, z, bias)
     torch.testing.assert_close(steps, fast, rtol=1e-5, atol=1e-5)
 
     emit = torch.randn(3, 40, 9, generator=g) * 30 - 200    # very negative log-likelihoods, as real ones are
     frames = torch.arange(40)[None] < torch.tensor([40, 17, 3])[:, None]
     words = torch.arange(9)[None] < torch.tensor([9, 4, 1])[:, None]
     eager = _forward_backward(emit, frames, words, 0.05)
-    compiled = _scripted(_forward_backward)(emit, frames, words, 0.05)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-4)
+    # compiled for training and inference: the same operations, the same numbers
+    same = compiled(_forward_backward)(emit, frames, words, 0.05, False)
+    assert torch.equal(same[0], eager[0]) and torch.equal(same[1], eager[1])
+    # compiled with the operations ONNX has
+    onnx = compiled(_forward_backward)(emit, frames, words, 0.05, True)
+    torch.testing.assert_close(onnx[0], eager[0], rtol=1e-5, atol=1e-4)
     finite = torch.isfinite(eager[1])
-    assert torch.equal(finite, torch.isfinite(compiled[1]))
-    torch.testing.assert_close(compiled[1][finite], eager[1][finite], rtol=1e-5, atol=1e-4)
+    assert torch.equal(finite, torch.isfinite(onnx[1]))
+    torch.testing.assert_close(onnx[1][finite], eager[1][finite], rtol=1e-5, atol=1e-4)

@@ -42,7 +42,15 @@ entry), ``isolation`` (a fresh process per point, /proc memory, the watchdog), `
 sweep and one point's measurement), ``render`` (ratios, growth, tables, plots), ``training``
 (``--train``), ``kernels`` (``--kernels``), ``command`` (options, machine, outputs).
 """
-from .baselines import BASELINES, MODELS, Baseline, build_args, build_bench_model, random_inputs, register
+from .baselines import (
+           BASELINES,
+           MODELS,
+           Baseline,
+           build_args,
+           build_bench_model,
+           random_inputs,
+           register,
+)
 from .command import DEFAULT_LENGTHS, QUICK_LENGTHS, main, parser
 from .render import growth_per_doubling, summarize
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..datasets import MOSI_FEATURE_DIMS
+from ..datasets import SHAPES
 
 TRANSFORMER_HEADS = 4
 TRANSFORMER_FF_MULT = 4
@@ -20,6 +20,8 @@ class Baseline:
     config_model: str         # whose MMSA config it is built from
     takes_lengths: bool       # its forward takes audio_lengths / vision_lengths
     adapt: Callable | None = None  # AMIO -> AMIO, applied after MMSA builds the config model
+    onnx: bool = False        # run its ONNX export (export.py) in ONNX Runtime instead of PyTorch
+    in_length_sweep: bool = True  # part of the default --lengths sweep (else only asked for, or --shapes)
 
 
 def transformer_stack(cfg):
@@ -49,20 +51,25 @@ def register(baseline: Baseline) -> None:
 
 # AlignMamba first: every ratio is AlignMamba's cost over another entry's.
 register(Baseline("alignmamba", "AlignMamba", "o", "alignmamba", takes_lengths=True))
+register(Baseline("alignmamba_onnx", "AlignMamba (ONNX Runtime)", "v", "alignmamba", takes_lengths=True, onnx=True,
+                  in_length_sweep=False))
 register(Baseline("mult", "MulT (MMSA)", "s", "mult", takes_lengths=False))
 register(Baseline("transformer", "Transformer fusion", "d", "alignmamba", takes_lengths=True,
                   adapt=_with_transformer_fusion))
-MODELS = tuple(BASELINES)   # the built-in ones; the command offers whatever is registered
+register(Baseline("lf_dnn", "LF-DNN (MMSA)", "^", "lf_dnn", takes_lengths=False, in_length_sweep=False))
+MODELS = tuple(n for n, b in BASELINES.items() if b.in_length_sweep)   # the default length sweep
 REFERENCE = "alignmamba"
 
 
 def build_args(model: str, device: str, dataset: str = "mosi"):
-    """MMSA's args dict for a benchmark model (built from its ``config_model``'s config)."""
+    """MMSA's args dict for a benchmark model (built from its ``config_model``'s config), with
+    the dataset's real feature widths."""
     import torch
 
     from .. import host
     args = host.load_config(BASELINES[model].config_model, dataset)
-    args.update(feature_dims=list(MOSI_FEATURE_DIMS), device=torch.device(device), train_mode="regression")
+    args.update(feature_dims=list(SHAPES[dataset]["feature_dims"]), device=torch.device(device),
+                train_mode="regression")
     return args
 
 
@@ -74,11 +81,20 @@ def build_bench_model(model: str, args):
     return (adapt(amio) if adapt else amio).to(args["device"])
 
 
-def random_inputs(model: str, length: int, batch: int, device: str, seed: int = 0):
-    """RANDOM inputs (not real data): (text, audio, vision) and the keyword extras."""
+def random_inputs(model: str, lengths, batch: int, device: str, seed: int = 0, dataset: str = "mosi",
+                  time_averaged: bool = False):
+    """RANDOM inputs (not real data) of the dataset's widths: (text, audio, vision) and the keyword
+    extras. ``lengths``: one L for every modality or (T_l, T_a, T_v). ``time_averaged``: audio and
+    vision as MMSA's loader hands them to models with ``need_normalized`` (one averaged step)."""
     import torch
+    t_l, t_a, t_v = (lengths,) * 3 if isinstance(lengths, int) else lengths
+    if time_averaged:
+        t_a = t_v = 1
     g = torch.Generator().manual_seed(seed)
-    tensors = tuple(torch.randn(batch, length, d, generator=g).to(device) for d in MOSI_FEATURE_DIMS)
-    lengths = torch.full((batch,), length, dtype=torch.long, device=device)
-    extras = {"audio_lengths": lengths, "vision_lengths": lengths} if BASELINES[model].takes_lengths else {}
+    tensors = tuple(torch.randn(batch, t, d, generator=g).to(device)
+                    for t, d in zip((t_l, t_a, t_v), SHAPES[dataset]["feature_dims"]))
+    extras = {}
+    if BASELINES[model].takes_lengths:
+        extras = {"audio_lengths": torch.full((batch,), t_a, dtype=torch.long, device=device),
+                  "vision_lengths": torch.full((batch,), t_v, dtype=torch.long, device=device)}
     return tensors, extras

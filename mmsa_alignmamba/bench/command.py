@@ -9,13 +9,20 @@ import platform
 import sys
 from pathlib import Path
 
+from ..datasets import SHAPES
 from ..safeio import InputError, atomic_write_text
 from ..settings import output_root
-from .baselines import BASELINES
-from .inference import point_main, run_inference
+from .baselines import BASELINES, MODELS
+from .inference import SHAPE_BATCHES, point_main, run_inference, run_shapes
 from .isolation import ERROR, proc_kb
 from .kernels import bench_kernels_section, kernels_markdown
-from .render import inference_markdown, summarize, write_plot
+from .render import (
+    inference_markdown,
+    shape_ratios,
+    shapes_markdown,
+    summarize,
+    write_plot,
+)
 from .training import bench_train, train_markdown
 
 DEFAULT_LENGTHS = (50, 100, 200, 400, 800, 1600, 3200)
@@ -64,8 +71,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
     p.add_argument("--lengths", nargs="+", type=int, help=f"per-modality lengths L (default {' '.join(map(str, DEFAULT_LENGTHS))})")
     p.add_argument("--batch", type=int, help="inference batch size (default 8; 2 with --quick)")
-    p.add_argument("--models", nargs="+", choices=list(BASELINES), default=list(BASELINES),
-                   help=f"default: all ({', '.join(BASELINES)})")
+    p.add_argument("--models", nargs="+", choices=list(BASELINES),
+                   help=f"default: {', '.join(MODELS)} for the length sweep, all ({', '.join(BASELINES)}) with --shapes")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), type=str.lower,
+                   help="instead of the length sweep: each model at these datasets' real shapes (T_l, T_a, T_v and "
+                        "feature widths, unaligned), at the --shape-batches sizes")
+    p.add_argument("--shape-batches", nargs="+", type=int, default=list(SHAPE_BATCHES),
+                   help=f"batch sizes for --shapes (default {' '.join(map(str, SHAPE_BATCHES))})")
     p.add_argument("--repeats", type=int, help="timed forward passes per point (default 5; 1 with --quick)")
     p.add_argument("--repeat-budget", type=float, default=60.0,
                    help="stop repeating a point once its timed passes took this many seconds (default 60)")
@@ -98,11 +110,18 @@ def main(argv=None) -> int:
     opts.lengths = sorted(set(opts.lengths or (QUICK_LENGTHS if opts.quick else DEFAULT_LENGTHS)))
     opts.batch = opts.batch or (2 if opts.quick else 8)
     opts.repeats = opts.repeats or (1 if opts.quick else 5)
+    opts.models = opts.models or (list(BASELINES) if opts.shapes else list(MODELS))
+    if any(BASELINES[m].onnx for m in opts.models):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise InputError('the ONNX Runtime baseline needs the onnx extra: pip install -e ".[onnx]"') from None
     if opts.quick and opts.train_max_batches is None:
         opts.train_max_batches = 3
     opts.threads = opts.threads or torch.get_num_threads()
     torch.set_num_threads(opts.threads)  # the training section runs in this process
-    bad = [("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1)]
+    bad = [("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1),
+           ("--shape-batches", min(opts.shape_batches), 1)]
     for flag, value, low in bad:
         if value < low:
             raise InputError(f"{flag} must be >= {low}, got {value}")
@@ -119,7 +138,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output directory {out}: {e.strerror}") from None
-    sections = [s for s in ("train", "kernels") if getattr(opts, s)]
+    sections = [s for s in ("shapes", "train", "kernels") if getattr(opts, s)]
     if not sections or opts.inference:
         sections.insert(0, "inference")
 
@@ -134,7 +153,8 @@ def main(argv=None) -> int:
               "settings": {"device": opts.device, "lengths": opts.lengths, "batch": opts.batch, "models": opts.models,
                            "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget, "quick": opts.quick,
                            "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb,
-                           "threads": opts.threads, "sections": sections}}
+                           "threads": opts.threads, "sections": sections, "shapes": opts.shapes,
+                           "shape_batches": opts.shape_batches}}
     log(f"mmsa bench on {machine['device_label']}, torch {machine['torch']}, Mamba backend: {machine['mamba_backend']}")
     log("inputs are RANDOM (inference) / SYNTHETIC (training), not real data")
     status = 0
@@ -147,6 +167,14 @@ def main(argv=None) -> int:
         if any(p["status"] == ERROR for p in report["points"]):
             status = 1
         md_parts.append(inference_markdown(report))
+    if "shapes" in sections:
+        log(f"latency at the real shapes of {', '.join(x.upper() for x in opts.shapes)}, batch "
+            f"{' and '.join(map(str, opts.shape_batches))}, models {', '.join(opts.models)}")
+        report["shape_points"] = run_shapes(opts, log)
+        report["shape_summary"] = shape_ratios(report["shape_points"], opts.models)
+        if any(p["status"] == ERROR for p in report["shape_points"]):
+            status = 1
+        md_parts.append(shapes_markdown(report))
     if "train" in sections:
         log(f"training epoch on SYNTHETIC MOSI-format data on {machine['device_label']}")
         report["train"] = bench_train(opts, log)

@@ -9,8 +9,21 @@ import sys
 import time
 
 from .baselines import BASELINES, build_args, build_bench_model, random_inputs
-from .isolation import (ERROR, OK, OOM, SKIPPED, TIMEOUT, MemoryWatchdog, PointTimeout, die_with_parent,
-                        failed_record, is_oom, measure_point, peak_rss_kb, reset_rss_peak)
+from .isolation import (
+    ERROR,
+    OK,
+    OOM,
+    SKIPPED,
+    TIMEOUT,
+    MemoryWatchdog,
+    PointTimeout,
+    die_with_parent,
+    failed_record,
+    is_oom,
+    measure_point,
+    peak_rss_kb,
+    reset_rss_peak,
+)
 
 RESULT_TAG = "MMSA_BENCH_POINT_RESULT "
 
@@ -31,12 +44,18 @@ def run_point(spec: dict, report=None) -> dict:
     device = spec["device"]
     cuda = str(device).startswith("cuda")
     torch.manual_seed(0)
-    args = build_args(spec["model"], device)
+    dataset = spec.get("dataset", "mosi")
+    if "shape" in spec:
+        result["shape"] = spec["shape"]
+    args = build_args(spec["model"], device, dataset)
     model = build_bench_model(spec["model"], args).eval()
-    inputs, extras = random_inputs(spec["model"], spec["length"], spec["batch"], device)
+    inputs, extras = random_inputs(spec["model"], spec.get("lengths") or spec["length"], spec["batch"], device,
+                                   dataset=dataset, time_averaged=bool(args.get("need_normalized")))
     result.update(params=sum(p.numel() for p in model.parameters()),
-                  param_mb=round(_tensor_mb(list(model.parameters())), 3), input_mb=round(_tensor_mb(inputs), 3),
-                  setup_s=round(time.perf_counter() - started, 3))
+                  param_mb=round(_tensor_mb(list(model.parameters())), 3), input_mb=round(_tensor_mb(inputs), 3))
+    forward = _onnx_forward(model, inputs, extras, spec.get("threads")) if BASELINES[spec["model"]].onnx \
+        else (lambda: model(*inputs, **extras))
+    result["setup_s"] = round(time.perf_counter() - started, 3)
 
     def sync():
         if cuda:
@@ -66,13 +85,13 @@ def run_point(spec: dict, report=None) -> dict:
     try:
         with torch.no_grad():
             for _ in range(int(spec.get("warmup", 1))):
-                model(*inputs, **extras)
+                forward()
             sync()
             budget = float(spec.get("repeat_budget_s", 60.0))
             spent = 0.0
             for i in range(max(1, int(spec.get("repeats", 5)))):
                 t0, c0 = time.perf_counter(), time.process_time()
-                out = model(*inputs, **extras)
+                out = forward()
                 sync()
                 times.append(time.perf_counter() - t0)
                 cpu_times.append(time.process_time() - c0)
@@ -109,6 +128,25 @@ def run_point(spec: dict, report=None) -> dict:
                       warmup=int(spec.get("warmup", 1)), repeats=len(times))
     result["total_s"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def _onnx_forward(model, inputs, extras, threads):
+    """Export ``model`` (AlignMamba in MMSA's AMIO) to ONNX in a temporary folder and return a
+    call that runs it in ONNX Runtime on the same inputs; the export is setup, not measured."""
+    import tempfile
+
+    import onnxruntime
+
+    from ..export import export_model
+    with tempfile.TemporaryDirectory(prefix="mmsa-bench-onnx-") as tmp:
+        path = export_model(model.Model, f"{tmp}/model.onnx")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {"text": inputs[0], "audio": inputs[1], "vision": inputs[2], **extras}
+    feeds = {k: v.cpu().numpy() for k, v in feeds.items()}
+    return lambda: session.run(None, feeds)
 
 
 def _print_record(record: dict) -> None:
@@ -178,4 +216,29 @@ def run_inference(opts, log) -> list[dict]:
                 f"{point['memory_mb']:9.1f} MB  "
                 f"({point['repeats']} rep, {point['warmup']} warm-up)" if point["status"] == OK
                 else f"{point['status'].upper()}: {point.get('error', '')[:200]}"))
+    return points
+
+
+SHAPE_BATCHES = (1, 32)
+
+
+def run_shapes(opts, log) -> list[dict]:
+    """Each model at each dataset's real shapes (T_l, T_a, T_v and widths, unaligned) and batch
+    size, one point per process; a failed point is recorded and the rest go on."""
+    from ..datasets import SHAPES
+    points = []
+    for dataset in opts.shapes:
+        lengths = list(SHAPES[dataset]["seq_lens"]["unaligned"])
+        for batch in opts.shape_batches:
+            for model in opts.models:
+                spec = {"model": model, "length": max(lengths), "lengths": lengths, "dataset": dataset,
+                        "shape": dataset, "batch": batch, "device": opts.device, "threads": opts.threads,
+                        "warmup": 1, "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget,
+                        "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb}
+                point = measure_point(spec, _point_child)
+                point.update(shape=dataset, lengths=lengths, batch=batch)
+                points.append(point)
+                log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} {BASELINES[model].label:26s} " + (
+                    f"{point['time_s'] * 1e3:10.1f} ms wall {point['memory_mb']:9.1f} MB"
+                    if point["status"] == OK else f"{point['status'].upper()}: {point.get('error', '')[:200]}"))
     return points

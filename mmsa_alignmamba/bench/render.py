@@ -141,6 +141,56 @@ def inference_markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shape_ratios(points, models) -> list[dict]:
+    """Per (dataset shape, batch): AlignMamba's wall time over each other model's, and ONNX
+    Runtime's over eager AlignMamba's, where both points completed."""
+    rows = []
+    for shape, batch in dict.fromkeys((p["shape"], p["batch"]) for p in points):
+        here = {p["model"]: p for p in points if p["shape"] == shape and p["batch"] == batch and p["status"] == OK}
+        row = {"shape": shape, "batch": batch}
+        if REFERENCE in here:
+            for other in models:
+                if other != REFERENCE and other in here and not BASELINES[other].onnx:
+                    row[f"{REFERENCE}_vs_{other}"] = here[REFERENCE]["time_s"] / here[other]["time_s"]
+            if "alignmamba_onnx" in here:
+                row["onnx_vs_eager"] = here["alignmamba_onnx"]["time_s"] / here[REFERENCE]["time_s"]
+        rows.append(row)
+    return rows
+
+
+def shapes_markdown(report) -> str:
+    m, s = report["machine"], report["settings"]
+    points, models = report["shape_points"], s["models"]
+    lines = [f"# mmsa bench: latency at the real datasets' shapes on {m['device_label']}", "",
+             f"**Device: {m['device_label']}** — torch {m['torch']}, Mamba backend: {m['mamba_backend']}. "
+             f"{m['timestamp']}.", "", _load_note(m),
+             "RANDOM inputs (not real data) of each dataset's unaligned shapes and feature widths "
+             "(T_l, T_a, T_v; models with MMSA's `need_normalized`, like LF-DNN, get audio and vision averaged "
+             "over time, as MMSA's loader gives them). Wall time in ms: median of up to "
+             f"{s['repeats']} forward passes after a warm-up, each point in a fresh process.", "",
+             "| dataset (T_l, T_a, T_v) | batch | " + " | ".join(LABELS[x] for x in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for shape, batch in dict.fromkeys((p["shape"], p["batch"]) for p in points):
+        here = {p["model"]: p for p in points if p["shape"] == shape and p["batch"] == batch}
+        lengths = tuple(next(iter(here.values()))["lengths"])
+        cells = [(_cell(here.get(x)) or _fmt(here[x]["time_s"] * 1e3, ".4g")) for x in models]
+        lines.append(f"| {shape.upper()} {lengths} | {batch} | " + " | ".join(cells) + " |")
+    ratios = report["shape_summary"]
+    keys = [k for k in dict.fromkeys(k for r in ratios for k in r) if k not in ("shape", "batch")]
+    names = {f"{REFERENCE}_vs_{x}": f"{LABELS[REFERENCE]} / {LABELS[x]}" for x in models if not BASELINES[x].onnx}
+    names["onnx_vs_eager"] = "ONNX Runtime / eager AlignMamba"
+    lines += ["", "Ratios of wall time (< 1: the first is faster), measured in this run:", "",
+              "| dataset | batch | " + " | ".join(names[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for r in ratios:
+        lines.append(f"| {r['shape'].upper()} | {r['batch']} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+    failures = [p for p in points if p["status"] != OK]
+    if failures:
+        lines += ["", "Points that did not complete:"] + [
+            f"- {LABELS[p['model']]} at {p['shape'].upper()} batch {p['batch']}: {p['status']} — {p.get('error', '')}"
+            for p in failures]
+    return "\n".join(lines) + "\n"
+
+
 def write_plot(path, report, key: str, ylabel: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
