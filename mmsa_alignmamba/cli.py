@@ -262,13 +262,23 @@ def run_sweep(cells, settings) -> dict:
 
     from .report import write_summary
     from .runner import run_cells
+    bars = []
+
+    def progress(total: int, finished: int):
+        # smoothing=0: the ETA is this run's average pace, not the last training's
+        bars.append(tqdm(total=total, initial=finished, desc=f"trainings ({len(cells)} cells)", unit="training",
+                         smoothing=0, disable=total < 2))
+        return bars[-1]
+
     try:
-        with tqdm(total=len(cells), desc="cells", unit="run", disable=len(cells) < 2) as bar:
-            run_cells(cells, settings, progress=bar)
+        run_cells(cells, settings, progress=progress)
     except KeyboardInterrupt:  # the finished cells still make a summary; a rerun resumes the rest
         write_summary(settings.res_save_dir)
         logger.info("interrupted: summary of the finished runs written to %s", settings.res_save_dir)
         raise
+    finally:
+        for bar in bars:
+            bar.close()
     paths = write_summary(settings.res_save_dir)
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():
@@ -395,6 +405,7 @@ def cmd_report(argv) -> int:
 def cmd_predict(argv) -> int:
     from .datasets import MODALITIES
     from .predict import SPLIT_CHOICES, load_model, predict_file
+    from .results import metrics_line
     from .safeio import atomic_write_text
     p = ArgumentParser(prog="mmsa predict", description="Predict with a trained model (any registered model) on an "
                        "MMSA-format pickle whose labels are optional. Writes one CSV row per sample: id, split, score, "
@@ -433,7 +444,7 @@ def cmd_predict(argv) -> int:
     rows = text.count("\n") - 1
     for split, values in metrics.items():
         if values is not None:
-            print(f"{split}: {host.metrics_text(values)}")
+            print(f"{split}: {metrics_line(values)}")
     print(f"wrote {rows} prediction(s) of {loaded.info.model} to {out}")
     return 0
 

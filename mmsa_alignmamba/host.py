@@ -45,7 +45,7 @@ __all__ = [
     "aligned_dataset_params",
     # MMSA's building blocks for our runner
     "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed",
-    "metrics_for", "metrics_text",
+    "metrics_for",
     # prediction with a trained model
     "restore_config", "prediction_dataset", "predict_scores",
 ]
@@ -582,11 +582,6 @@ def metrics_for(dataset_name: str):
     """MMSA's regression metrics for a dataset: callable(pred (N,1), true (N,1)) -> dict."""
     from MMSA.utils import MetricsTop
     return MetricsTop("regression").getMetics(dataset_name)
-
-
-def metrics_text(results: dict) -> str:
-    from MMSA.utils import dict_to_str
-    return dict_to_str({k: v for k, v in results.items() if isinstance(v, (int, float))})
 
 
 def _dataset_common_params(dataset_name: str) -> dict:

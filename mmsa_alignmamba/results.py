@@ -50,6 +50,32 @@ def plan_kinds(metric_names) -> list[str]:
     return [k for k in BUILTIN_PLANS if k in found] + sorted(found - set(BUILTIN_PLANS))
 
 
+# How log lines name MMSA's metrics: short enough that a line of them fits a terminal.
+_SHORT = {"Has0_acc_2": "Has0 Acc-2", "Has0_F1_score": "F1", "Non0_acc_2": "Non0 Acc-2", "Non0_F1_score": "F1",
+          "Mult_acc_2": "Acc-2", "Mult_acc_3": "Acc-3", "Mult_acc_5": "Acc-5", "Mult_acc_7": "Acc-7",
+          "F1_score": "F1"}
+
+
+def metrics_line(results: dict) -> str:
+    """MMSA's metrics in one short line: accuracies and F1 in percent, the rest as they are
+    ('Has0 Acc-2 63.47 F1 63.48 | Non0 Acc-2 … | MAE 1.0772 | Corr 0.3669'); plan accuracies,
+    losses and the learning rate are left to the caller."""
+    parts = []
+    for key, value in results.items():
+        if not isinstance(value, (int, float)) or key.startswith("Plan") or key in ("Loss", "TaskLoss", "AlignLoss",
+                                                                                   "PlanLoss", "LR"):
+            continue
+        if key in _SHORT:
+            text = f"{_SHORT[key]} {100 * value:.2f}"
+            if _SHORT[key] == "F1" and parts:   # an F1 goes with the accuracy before it
+                parts[-1] += " " + text
+                continue
+            parts.append(text)
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return " | ".join(parts)
+
+
 def model_label(model: str, variant: str = "") -> str:
     """How tables name a model: 'alignmamba', or 'alignmamba[wo_local_ot]' for an ablation variant."""
     return f"{model}[{variant}]" if variant else model

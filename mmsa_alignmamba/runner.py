@@ -155,7 +155,9 @@ def test_setting(cell: Cell) -> str:
 
 def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[tuple[Cell, dict]]:
     """Run every cell not already finished. Cells that differ only in missing rate share one
-    trained model when training sees complete data."""
+    trained model when training sees complete data. ``progress(total, done)`` makes a progress
+    bar over the trainings (the unit that takes the time; one can finish several cells), told how
+    many were finished before this run, so that its rate and ETA count only this run's work."""
     store = ResultStore(settings.res_save_dir, settings.fingerprint())
     if settings.oracle:
         for dataset, data in sorted({(c.dataset, c.data) for c in cells}):
@@ -165,20 +167,20 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[t
         train_key = (cell.model, cell.variant, cell.dataset, cell.data, cell.seed,
                      (cell.protocol, cell.rate) if settings.train_missing else None)
         groups.setdefault(train_key, []).append(cell)
+    todo = {key: [c for c in group if store.load(c) is None] for key, group in groups.items()}
+    bar = progress(len(groups), sum(not t for t in todo.values())) if progress is not None else None
     done = []
-    for group in groups.values():
-        todo = [c for c in group if store.load(c) is None]
+    for key, group in groups.items():
         for c in group:
-            if c not in todo:
+            if c not in todo[key]:
                 logger.info("already finished, skipping: %s", c.slug)
-        if todo:
-            first = todo[0]
+        if todo[key]:
+            first = todo[key][0]
             train_cell = first if settings.train_missing else Cell(first.model, first.dataset, first.data,
                                                                    first.seed, variant=first.variant)
-            logger.info("running %s (%d test setting(s))", train_cell.slug, len(todo))
-            train_and_test(train_cell, settings, todo, store)
-        for c in group:
-            done.append((c, store.load(c)))
-            if progress is not None:
-                progress.update(1)
+            logger.info("running %s (%d test setting(s))", train_cell.slug, len(todo[key]))
+            train_and_test(train_cell, settings, todo[key], store)
+            if bar is not None:
+                bar.update(1)
+        done += [(c, store.load(c)) for c in group]
     return done

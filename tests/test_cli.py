@@ -152,6 +152,26 @@ def test_rerun_skips_finished_cells(tmp_path, tiny_pkl, capsys):
     assert len(_summary(out / "results")) == 1
 
 
+def test_progress_counts_trainings_and_starts_from_the_finished_ones(tmp_path, tiny_pkl, capsys, monkeypatch):
+    """One training tests every missing rate: the bar counts trainings, and a resumed sweep's bar
+    starts at the trainings already done, so its pace (and ETA) is this run's alone."""
+    import tqdm
+    made = []
+    real = tqdm.tqdm
+
+    def recording(*args, **kwargs):
+        made.append((kwargs.get("total"), kwargs.get("initial"), kwargs.get("unit")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", recording)
+    out = tmp_path / "out"
+    first = ["-m", "lf_dnn", "-d", "mosi", "--feature-path", tiny_pkl, "-s", "7", "--epochs", "1",
+             "--missing-protocol", "sample", "--missing-rates", "0.2", "0.5", *_dirs(out)]
+    assert _main(first, capsys)[0] == 0
+    assert _main([*first[:-6], "-s", "8", *_dirs(out)], capsys)[0] == 0     # a second seed beside the first
+    assert made[-2:] == [(1, 0, "training"), (2, 1, "training")]
+
+
 def test_synthetic_run(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "syn"
     rc, _, err = _main(["-m", "lf_dnn", "-d", "mosi", "--synthetic", "--data-dir", cache, "-s", "1",
@@ -240,7 +260,10 @@ def test_wordlevel_data_measures_plans_and_shows_the_oracle_ladder(tmp_path, cap
     rc, _, err = _main(["-m", "alignmamba", "-c", config, "--feature-path", data, "-s", 1, "--epochs", 1,
                         *_dirs(res)], capsys)
     assert rc == 0, err
-    assert "plan accuracy >> frames to their true word" in err        # logged at INFO every evaluation
+    assert "plan >> audio frames to their true word" in err        # logged at INFO every evaluation
+    assert "plan >> vision frames to their true word" in err
+    widest = max(len(line) for line in err.splitlines() if " MMSA INFO " in line and "%|" not in line)
+    assert widest <= 170, widest   # log lines fit a terminal (the progress bars aside)
     (cell,) = _cell_files(res / "results")
     metrics = json.loads(cell.read_text())["metrics"]
     assert {"Plan_ot_audio", "Plan1_ot_vision", "Plan_none_audio"} <= set(metrics)
