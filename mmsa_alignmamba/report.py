@@ -22,6 +22,18 @@ RAW_METRICS = {"MAE", "Corr", "Loss"}
 HEADLINE = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_2", "F1_score", "MAE", "Corr"]
 
 
+# How tables and figures name MMSA's metrics, and which F1 goes with which accuracy.
+METRIC_NAMES = {"Has0_acc_2": "Has0 Acc-2 (%)", "Has0_F1_score": "Has0 F1 (%)", "Non0_acc_2": "Non0 Acc-2 (%)",
+                "Non0_F1_score": "Non0 F1 (%)", "Mult_acc_2": "Acc-2 (%)", "Mult_acc_3": "Acc-3 (%)",
+                "Mult_acc_5": "Acc-5 (%)", "Mult_acc_7": "Acc-7 (%)", "F1_score": "F1 (%)", "MAE": "MAE",
+                "Corr": "Corr"}
+F1_OF = {"Has0_acc_2": "Has0_F1_score", "Non0_acc_2": "Non0_F1_score", "Mult_acc_2": "F1_score"}
+LOWER_IS_BETTER = {"MAE", "Loss"}
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_NOTE = (f"† : better than the best other model of the same setting at p < {SIGNIFICANCE_LEVEL:g} "
+                     "(Welch's t-test over seeds, two-sided; needs 2+ seeds on both sides)")
+
+
 def _scaled(metric: str, value: float) -> float:
     return value if metric in RAW_METRICS else 100.0 * value
 
@@ -75,6 +87,42 @@ def summary_table(records: list[dict], oracles: list[dict] = ()) -> pd.DataFrame
         if not ladder.empty else out
 
 
+def significance(records: list[dict], metric: str) -> pd.DataFrame:
+    """Per model and setting (dataset, data, protocol, rate): the best other model there (by mean
+    ``metric``) and Welch's two-sided t-test p-value over seeds between the two; ``Better`` says
+    whether this model's mean is the better one. NaN p where either side has fewer than 2 seeds."""
+    from scipy.stats import ttest_ind
+    cells = cell_table(records)
+    if cells.empty or metric not in cells.columns:
+        return pd.DataFrame(columns=KEYS + ["Versus", "P", "Better"])
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    rows = []
+    for key, group in cells.groupby(KEYS[1:], sort=True):
+        seeds = {m: g[metric].dropna().to_numpy() for m, g in group.groupby("Model")}
+        means = {m: v.mean() for m, v in seeds.items() if len(v)}
+        for model, values in seeds.items():
+            others = {m: mu for m, mu in means.items() if m != model}
+            if not others or not len(values):
+                continue
+            rival = max(others, key=lambda m: sign * others[m])
+            p = float("nan")
+            if len(values) > 1 and len(seeds[rival]) > 1:
+                with np.errstate(all="ignore"):
+                    p = float(ttest_ind(values, seeds[rival], equal_var=False).pvalue)
+            rows.append(dict(zip(KEYS, (model, *key)), Versus=rival, P=p,
+                             Better=bool(sign * values.mean() > sign * others[rival])))
+    return pd.DataFrame(rows)
+
+
+def significant(sig: pd.DataFrame, model: str, setting: tuple) -> bool:
+    """Whether ``model`` beats the best other model of ``setting`` (dataset, data, protocol, rate)."""
+    if sig.empty:
+        return False
+    hit = sig[(sig["Model"] == model) & (sig["Dataset"] == setting[0]) & (sig["Data"] == setting[1])
+              & (sig["Protocol"] == setting[2]) & np.isclose(sig["MissingRate"], setting[3])]
+    return bool(len(hit)) and bool(hit["Better"].iloc[0]) and hit["P"].iloc[0] < SIGNIFICANCE_LEVEL
+
+
 def robustness_table(summary: pd.DataFrame, low: float = 0.1, high: float = 0.7) -> pd.DataFrame:
     """Per (model, dataset, data, protocol): the average over missing rates and Δ = metric(low) − metric(high)."""
     missing = summary[summary["Protocol"] != COMPLETE]  # oracle rows are complete-data only
@@ -105,12 +153,7 @@ def markdown_table(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in df.iterrows():
         cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
-        for m in metrics:
-            value = row[m]
-            # one seed: a value alone, not a "± 0.00" that would read as a measured spread
-            std = row.get(f"{m}_std") if row.get("Seeds", 2) > 1 else None
-            cells.append("—" if pd.isna(value) else (f"{value:.2f} ± {std:.2f}" if std is not None and not pd.isna(std)
-                                                    else f"{value:.2f}"))
+        cells += [format_cell(row, m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -156,12 +199,18 @@ def write_csv(df: pd.DataFrame, path) -> Path:
     return Path(path)
 
 
-def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
-    """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate runs)."""
+def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", paper_rows: bool = False) -> dict[str, Path]:
+    """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate
+    runs); the side-by-side table and the significance columns are for ``metric``."""
     res_dir = Path(res_dir)
     store = ResultStore(res_dir)
     summary = summary_table(store.records(), store.oracles())
-    paths = {"csv": write_csv(summary, res_dir / f"{name}.csv")}
+    sig = significance(store.records(), metric)
+    table = summary
+    if not sig.empty:
+        table = summary.merge(sig.rename(columns={"Versus": f"{metric}_versus", "P": f"{metric}_p",
+                                                  "Better": f"{metric}_better"}), on=KEYS, how="left")
+    paths = {"csv": write_csv(table, res_dir / f"{name}.csv")}
     # The folder is named, not located: no machine's absolute path in a committed table.
     text = f"# Results ({Path(res_dir).name})\n\n" + synthetic_note(summary) + markdown_table(summary)
     if (summary.get("Seeds", pd.Series(dtype=int)) == 0).any():
@@ -176,77 +225,124 @@ def write_summary(res_dir, name: str = "summary") -> dict[str, Path]:
                                                 "Mult_acc_2", "F1_score")]
         text += "\n## Robustness: average over missing rates and Δ = metric(0.1) − metric(0.7)\n\n"
         text += markdown_table(robust, avg_cols)
+    text += "\n" + side_by_side(summary, metric, sig)
+    if paper_rows:
+        text += paper_reference(summary)
     paths["md"] = atomic_write_text(res_dir / f"{name}.md", text)
     return paths
 
 
-def plot_robustness(summary: pd.DataFrame, out_dir, metric: str = "Has0_acc_2") -> list[Path]:
-    """One PNG per (dataset, data, protocol): `metric` vs missing rate, a line per model, ±std band.
-    Complete-data results are drawn at rate 0 on every curve."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    if summary.empty or metric not in summary.columns:
-        return paths
-    complete = summary[summary["Protocol"] == COMPLETE]
-    for (dataset, data, protocol), group in summary[summary["Protocol"] != COMPLETE].groupby(
-            ["Dataset", "Data", "Protocol"], sort=True):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for model, rows in group.groupby("Model", sort=True):
-            base = complete[(complete["Model"] == model) & (complete["Dataset"] == dataset) & (complete["Data"] == data)]
-            rows = pd.concat([base, rows]).sort_values("MissingRate")
-            x, y, s = rows["MissingRate"], rows[metric], rows[f"{metric}_std"].fillna(0)
-            line, = ax.plot(x, y, marker="o", label=model)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
-        source = "SYNTHETIC data (not real)" if data != "real" else "real data"
-        ax.set_title(f"{dataset.upper()} — {protocol} protocol — {source}")
-        ax.set_xlabel("missing rate")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(title="model (mean ± std over seeds)")
-        fig.tight_layout()
-        path = Path(out_dir) / f"robustness-{dataset}-{data}-{protocol}-{metric}.png"
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def side_by_side(summary: pd.DataFrame, acc: str = "Non0_acc_2", f1: str = "Non0_F1_score") -> str:
+def side_by_side(summary: pd.DataFrame, metric: str = "Has0_acc_2", sig: pd.DataFrame | None = None) -> str:
     """Markdown: per (dataset, data, protocol), a row per model and a column per missing rate
-    (complete data first), each cell 'Acc-2 / F1' — the shape of the paper's Table 1."""
-    if summary.empty or acc not in summary.columns:
+    (complete data first), each cell the ``metric`` (and its F1, for an accuracy) with ± std over
+    seeds and † where it beats the best other model significantly — the shape of the paper's Table 1."""
+    blocks = side_by_side_blocks(summary, metric)
+    if not blocks:
         return ""
-    text = f"## Side by side: {acc} / {f1} (%) per missing rate\n\n"
-    complete = summary[summary["Protocol"] == COMPLETE]
-    protocols = sorted(set(summary["Protocol"]) - {COMPLETE}) or [COMPLETE]
-    for (dataset, data), rows in summary.groupby(["Dataset", "Data"], sort=True):
-        for protocol in protocols:
-            block = pd.concat([complete[(complete["Dataset"] == dataset) & (complete["Data"] == data)],
-                               rows[rows["Protocol"] == protocol] if protocol != COMPLETE else rows.iloc[:0]])
-            rates = sorted(set(block["MissingRate"]))
-            header = ["Model"] + ["complete" if r == 0 else f"MR {r:g}" for r in rates]
-            source = "SYNTHETIC data" if data != "real" else "real data"
-            text += f"### {dataset.upper()} · {protocol} · {source} ({data})\n\n"
-            text += "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-            for model, model_rows in block.groupby("Model", sort=True):
-                by_rate = model_rows.set_index("MissingRate")
-                cells = [f"{by_rate.loc[r, acc]:.1f} / {by_rate.loc[r, f1]:.1f}" if r in by_rate.index else "—"
-                         for r in rates]
-                text += "| " + " | ".join([model] + cells) + " |\n"
-            text += "\n"
+    partner = F1_OF.get(metric)
+    name = METRIC_NAMES.get(metric, metric) + (f" / {METRIC_NAMES.get(partner, partner)}" if partner else "")
+    text = f"## Side by side: {name} per missing rate (mean ± std over seeds)\n\n"
+    for (dataset, data, protocol), block in blocks:
+        rates = sorted(set(block["MissingRate"]))
+        source = "SYNTHETIC data" if data != "real" else "real data"
+        text += f"### {dataset.upper()} · {protocol} · {source} ({data})\n\n"
+        header = ["Model"] + [rate_label(protocol, r) for r in rates]
+        text += "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+        for model, model_rows in block.groupby("Model", sort=True):
+            by_rate = model_rows.set_index("MissingRate")
+            cells = []
+            for r in rates:
+                if r not in by_rate.index:
+                    cells.append("—")
+                    continue
+                row = by_rate.loc[r]
+                mark = "†" if sig is not None and significant(sig, model, (dataset, data, row["Protocol"], r)) else ""
+                cells.append(format_cell(row, metric) + (f" / {row[partner]:.1f}" if partner in row else "") + mark)
+            text += "| " + " | ".join([model] + cells) + " |\n"
+        text += "\n"
+    if sig is not None and not sig.empty:
+        text += SIGNIFICANCE_NOTE + ".\n"
     return text
 
 
-def write_report(res_dir) -> dict[str, Path]:
-    """`mmsa report`: the leaderboard and robustness tables of every run under res_dir, plus plots."""
-    paths = write_summary(res_dir, name="leaderboard")
+def side_by_side_blocks(summary: pd.DataFrame, metric: str) -> list[tuple[tuple, pd.DataFrame]]:
+    """The (dataset, data, protocol) blocks of the side-by-side tables: each protocol's rows with
+    the complete-data rows of the same data as its rate 0 (the oracle rows left out)."""
+    if summary.empty or metric not in summary.columns:
+        return []
+    measured = summary[summary["Seeds"] > 0]
+    complete = measured[measured["Protocol"] == COMPLETE]
+    blocks = []
+    for (dataset, data), rows in measured.groupby(["Dataset", "Data"], sort=True):
+        here = complete[(complete["Dataset"] == dataset) & (complete["Data"] == data)]
+        for protocol in sorted(set(rows["Protocol"]) - {COMPLETE}) or [COMPLETE]:
+            block = pd.concat([here, rows[rows["Protocol"] == protocol] if protocol != COMPLETE else rows.iloc[:0]])
+            blocks.append(((dataset, data, protocol), block))
+    return blocks
+
+
+def applied_rate(protocol: str, rate: float) -> float:
+    """The share of modality slots a protocol actually drops at a nominal rate (imder caps at 2/3)."""
+    if protocol == COMPLETE or rate == 0:
+        return 0.0
+    from .missing import make_protocol
+    return float(make_protocol(protocol, rate, 0).realised_rate)
+
+
+def rate_label(protocol: str, rate: float) -> str:
+    if rate == 0:
+        return "complete"
+    applied = applied_rate(protocol, rate)
+    return f"MR {rate:g}" + (f" (applied {applied:.2f})" if abs(applied - rate) > 5e-3 else "")
+
+
+def format_cell(row, metric: str) -> str:
+    """'mean ± std'; one seed: the value alone, not a "± 0.00" that would read as a measured spread."""
+    std = row.get(f"{metric}_std") if row.get("Seeds", 2) > 1 else None
+    value = row[metric]
+    if pd.isna(value):
+        return "—"
+    return f"{value:.2f} ± {std:.2f}" if std is not None and not pd.isna(std) else f"{value:.2f}"
+
+
+def paper_reference(summary: pd.DataFrame) -> str:
+    """Markdown: the paper's published AlignMamba numbers for the datasets present, in their own
+    section (never mixed with the measured rows)."""
+    from .paper import REPORTED_COMPLETE, REPORTED_MISSING, REPORTED_NOTE
+    datasets = sorted(set(summary["Dataset"]) & {"mosi", "mosei"}) if not summary.empty else []
+    if not datasets:
+        return ""
+    text = f"\n## Reference: {REPORTED_NOTE}\n\n"
+    for dataset in datasets:
+        text += f"### {dataset.upper()}: Table 3 (complete modalities) and Table 1 (missing rates, IMDer's protocol)\n\n"
+        text += "| Model | complete | " + " | ".join(f"MR {r:g}" for r in REPORTED_MISSING[dataset]) + " |\n"
+        text += "|---|---|" + "---|" * len(REPORTED_MISSING[dataset]) + "\n"
+        for variant, by_data in REPORTED_COMPLETE.items():
+            acc, f1 = by_data[dataset]
+            missing = [f"{a:.1f} / {b:.1f}" for a, b in REPORTED_MISSING[dataset].values()] \
+                if variant == "alignmamba" else ["—"] * len(REPORTED_MISSING[dataset])
+            label = "alignmamba" if variant == "alignmamba" else f"alignmamba[{variant}]"
+            text += f"| {label} (reported in the paper) | {acc:.1f} / {f1:.1f} | " + " | ".join(missing) + " |\n"
+        text += "\n"
+    return text
+
+
+def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), paper_rows: bool = False) -> dict:
+    """`mmsa report`: the summary of every run under res_dir (the same files a run writes, with
+    the side-by-side table and significance for ``metric``), its figures, and the LaTeX / HTML
+    forms asked for. -> {what: path}, plus "notes": things the reader should know."""
+    from . import publish
+    res_dir = Path(res_dir)
+    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows)
     store = ResultStore(res_dir)
     summary = summary_table(store.records(), store.oracles())
-    atomic_write_text(paths["md"], paths["md"].read_text() + "\n" + side_by_side(summary))
-    for i, path in enumerate(plot_robustness(summary, Path(res_dir) / "plots")):
-        paths[f"plot{i + 1}"] = path
+    sig = significance(store.records(), metric)
+    figures, notes = publish.robustness_figures(summary, res_dir / "figures", metric)
+    paths.update({f"figure{i + 1}": p for i, p in enumerate(figures)})
+    if "latex" in formats:
+        paths["latex"] = atomic_write_text(res_dir / "summary.tex", publish.latex(summary, sig, metric, paper_rows))
+    if "html" in formats:
+        paths["html"] = atomic_write_text(res_dir / "summary.html",
+                                          publish.html(res_dir, summary, sig, metric, figures, paper_rows))
+    paths["notes"] = notes
     return paths

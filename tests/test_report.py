@@ -1,6 +1,8 @@
 """Tables built from finished cells: mean ± std over seeds, one-seed rows, robustness Δ."""
 from __future__ import annotations
 
+import pytest
+
 from mmsa_alignmamba.report import markdown_table, robustness_table, summary_table
 
 
@@ -58,3 +60,71 @@ def test_alignment_table_shows_each_plans_accuracy():
     assert "| alignmamba | mosi | synthetic-wordlevel-full | complete | 0 | 2 | 45.0 / 80.0 | 28.0 / 70.0 |" in text
     assert "lf_dnn" not in text
     assert alignment_table(summary_table([record("lf_dnn", 1, 0.6)])) == ""
+
+
+# ------------------------------------------------------------------------------ mmsa report
+def _results(tmp_path):
+    """A results folder: three models, three seeds, complete data and the sample protocol at 0.7."""
+    from mmsa_alignmamba.results import Cell, ResultStore
+    store = ResultStore(tmp_path / "res")
+    accuracy = {"alignmamba": (0.80, 0.81, 0.82), "mult": (0.70, 0.72, 0.71), "lf_dnn": (0.60, 0.62, 0.58)}
+    for model, values in accuracy.items():
+        for seed, acc in zip((1, 2, 3), values):
+            for protocol, rate, drop in (("complete", 0.0, 0.0), ("sample", 0.7, 0.1)):
+                cell = Cell(model, "mosi", "synthetic-small", seed, protocol, rate)
+                store.save(cell, {"Has0_acc_2": acc - drop, "Has0_F1_score": acc - drop - 0.01, "MAE": 1 - acc},
+                           {"train_seconds": 1.0})
+    return tmp_path / "res"
+
+
+def test_significance_marks_only_a_clear_winner(tmp_path):
+    from mmsa_alignmamba.report import significance, significant
+    from mmsa_alignmamba.results import ResultStore
+    sig = significance(ResultStore(_results(tmp_path)).records(), "Has0_acc_2")
+    setting = ("mosi", "synthetic-small", "complete", 0.0)
+    assert significant(sig, "alignmamba", setting)
+    assert not significant(sig, "mult", setting) and not significant(sig, "lf_dnn", setting)
+    row = sig[(sig["Model"] == "mult") & (sig["Protocol"] == "complete")].iloc[0]
+    assert row["Versus"] == "alignmamba" and not row["Better"] and row["P"] < 0.05
+    mae = significance(ResultStore(tmp_path / "res").records(), "MAE")     # lower is better
+    assert mae[(mae["Model"] == "alignmamba") & (mae["Protocol"] == "complete")]["Better"].iloc[0]
+
+
+def test_report_writes_one_set_of_publication_outputs(tmp_path, capsys):
+    import os
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from conftest import run_cli
+    res = _results(tmp_path)
+    rc, stdout, err = run_cli(["report", "--results-dir", res, "--metric", "Has0_acc_2", "--format", "md", "latex",
+                               "html", "--paper-rows"], capsys)
+    assert rc == 0, err
+    assert not list(res.glob("leaderboard*")), "one set of outputs: summary.*"
+    md = (res / "summary.md").read_text()
+    assert "Side by side: Has0 Acc-2 (%) / Has0 F1 (%)" in md and "MR 0.7 (applied 0.67)" in md
+    assert "81.00 ± 0.82 / 80.0†" in md                      # best, and significantly so
+    assert "reported in the paper" in md and "Welch" in md
+    tex = (res / "summary.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{81.00 $\\pm$ 0.82}" in tex
+    assert "$^\\dagger$" in tex and "SYNTHETIC" in tex and "(paper)" in tex
+    stem = res / "figures" / "robustness-mosi-synthetic-small-sample-Has0_acc_2"
+    for suffix in (".pdf", ".svg", ".png"):
+        assert stem.with_suffix(suffix).stat().st_size > 1000
+    assert round(Image.open(stem.with_suffix(".png")).info["dpi"][0]) == 200
+    # the page, rendered by a real headless browser
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        assert not os.environ.get("MMSA_REQUIRE_BROWSER"), "CI needs chromium (apt-get install chromium)"
+        pytest.skip("no chromium here: apt-get install chromium")
+    page = (res / "summary.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<table") >= 3 and 'class="sortable"' in dom and "data:image/png;base64," in dom
+    assert "alignmamba" in dom and "reported in the paper" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,1800", page],
+                   capture_output=True, timeout=120)
+    assert Image.open(shot).size == (1280, 1800)
