@@ -23,7 +23,7 @@ from .settings import RunSettings, output_root, resolve_output_dirs
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "report", "predict", "export", "bench")
+SUBCOMMANDS = ("models", "components", "make-synthetic", "ablate", "tune", "report", "predict", "export", "bench")
 SYNTHETIC_SIZES = ("small", "full")
 from .synthetic import TASKS as _TASKS
 SYNTHETIC_TASKS = tuple(_TASKS)
@@ -82,6 +82,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="at most this many training epochs (any model)")
     p.add_argument("--early-stop", type=int, help="epochs without validation improvement before stopping")
     p.add_argument("--pretrained", help="local BERT folder for BERT-based models (no hub downloads here)")
+    x = p.add_argument_group("where trainings run")
+    x.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local (default): one after another in this process; ray: each training a task on a Ray "
+                        "cluster (pip install -e \".[ray]\")")
+    x.add_argument("--ray-address", help="Ray cluster to use (default: env RAY_ADDRESS, else a Ray started for this run)")
+    x.add_argument("--cpus-per-run", type=int, help="CPU threads per training (Ray: its num_cpus; default 1 on Ray, "
+                                                    "torch's default locally)")
+    x.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per training on Ray (default 0)")
     m = p.add_argument_group("missing modalities")
     from . import components
     protocols = components.registry("missing_protocol")
@@ -216,6 +224,17 @@ def check_options(args) -> None:
             raise InputError(f"{flag} must be {'>= 0' if flag == '-n' else '>= 1'}, got {value}")
     if args.missing_protocol is None and args.missing_rates:
         raise InputError("--missing-rates needs --missing-protocol")
+    if args.cpus_per_run is not None and args.cpus_per_run < 1:
+        raise InputError(f"--cpus-per-run must be >= 1, got {args.cpus_per_run}")
+    if args.gpus_per_run < 0:
+        raise InputError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise InputError('--executor ray needs the ray extra: pip install -e ".[ray]"') from None
+    elif args.ray_address or args.gpus_per_run:
+        raise InputError("--ray-address and --gpus-per-run need --executor ray")
     resolve_device(args)
     for name, d in resolve_output_dirs(args.model_save_dir, args.res_save_dir, args.log_dir).items():
         existing = d
@@ -257,11 +276,16 @@ def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol:
     return [Cell(model, dataset, data, seed, p, r, v) for v in variants for seed in seeds for p, r in settings]
 
 
-def run_sweep(cells, settings) -> dict:
+def run_sweep(cells, settings, args=None) -> int:
+    """Run the cells on the executor ``args`` name, rebuild the summary, print it. -> exit status
+    (1 when some training failed; the others are kept and the summary says which are missing)."""
     from tqdm import tqdm
 
+    from .executors import make_executor
     from .report import write_summary
     from .runner import run_cells
+    executor = make_executor(getattr(args, "executor", "local"), getattr(args, "ray_address", None),
+                             getattr(args, "cpus_per_run", None), getattr(args, "gpus_per_run", 0))
     bars = []
 
     def progress(total: int, finished: int):
@@ -271,7 +295,7 @@ def run_sweep(cells, settings) -> dict:
         return bars[-1]
 
     try:
-        run_cells(cells, settings, progress=progress)
+        results = run_cells(cells, settings, progress=progress, executor=executor)
     except KeyboardInterrupt:  # the finished cells still make a summary; a rerun resumes the rest
         write_summary(settings.res_save_dir)
         logger.info("interrupted: summary of the finished runs written to %s", settings.res_save_dir)
@@ -279,11 +303,17 @@ def run_sweep(cells, settings) -> dict:
     finally:
         for bar in bars:
             bar.close()
+        executor.close()
     paths = write_summary(settings.res_save_dir)
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():
         logger.info("wrote %s: %s", kind, path)
-    return paths
+    missing = [cell.slug for cell, metrics in results if metrics is None]
+    if missing:
+        print(f"mmsa: {len(missing)} run(s) did not finish (see the log): {', '.join(missing)}; "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_run(argv) -> int:
@@ -303,20 +333,79 @@ def cmd_run(argv) -> int:
     make_output_dirs(settings)
     add_log_file(settings.log_dir, f"{model}-{args.dataset}")
     logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, choice.data, len(cells))
-    run_sweep(cells, settings)
-    return 0
+    return run_sweep(cells, settings, args)
 
 
 def cmd_tune(args, model: str, settings) -> int:
-    import MMSA
-    import torch
-    overrides = {"featurePath": settings.feature_path, "device": torch.device(settings.device)}
-    MMSA.MMSA_run(model, args.dataset, config_file=args.config, config=overrides, seeds=args.seeds,
-                  is_tune=True, tune_times=args.tune_times, feature_T=args.feature_T, feature_A=args.feature_A,
-                  feature_V=args.feature_V, num_workers=args.num_workers, verbose_level=args.verbose,
-                  model_save_dir=str(settings.model_save_dir), res_save_dir=str(settings.res_save_dir),
-                  log_dir=args.log_dir)
+    """`mmsa -t`: Ray Tune with ASHA when Ray is installed (`mmsa tune`), else MMSA's own
+    sequential random search."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        logger.info("Ray is not installed: MMSA's own sequential random search (pip install -e \".[ray]\" for "
+                    "`mmsa tune` with early stopping)")
+        import MMSA
+        import torch
+        overrides = {"featurePath": settings.feature_path, "device": torch.device(settings.device)}
+        MMSA.MMSA_run(model, args.dataset, config_file=args.config, config=overrides, seeds=args.seeds,
+                      is_tune=True, tune_times=args.tune_times, feature_T=args.feature_T, feature_A=args.feature_A,
+                      feature_V=args.feature_V, num_workers=args.num_workers, verbose_level=args.verbose,
+                      model_save_dir=str(settings.model_save_dir), res_save_dir=str(settings.res_save_dir),
+                      log_dir=args.log_dir)
+        return 0
+    return _tune_on_ray(model, args.dataset, settings, trials=args.tune_times, max_epochs=args.epochs or 20,
+                        scheduler="asha", cpus_per_run=args.cpus_per_run or 1, ray_address=args.ray_address)
+
+
+def _tune_on_ray(model, dataset, settings, *, trials, max_epochs, scheduler, cpus_per_run, ray_address,
+                 seed: int = 0) -> int:
+    from .tuning import run_tune
+    out = Path(settings.res_save_dir) / "tune" / f"{model}-{dataset}-{scheduler}"
+    logger.info("tuning %s on %s with Ray Tune: %d trials of at most %d epochs, %s", model, dataset, trials,
+                max_epochs, "ASHA early stopping" if scheduler == "asha" else "no early stopping")
+    result = run_tune(model, dataset, settings.feature_path, out, trials=trials, max_epochs=max_epochs,
+                      scheduler=scheduler, cpus_per_run=cpus_per_run, ray_address=ray_address,
+                      config_file=settings.config_file, seed=seed)
+    print(Path(result["paths"]["trials_md"]).read_text())
+    print(f"best validation {result['key']}: {result['best_valid']:.4f} ({result['epochs']} epochs over "
+          f"{result['trials']} trials)")
+    for kind, path in result["paths"].items():
+        print(f"wrote {kind}: {path}")
+    print(f"use it: mmsa -m {model} -d {dataset} -c {result['paths']['best']}")
     return 0
+
+
+def cmd_tune_command(argv) -> int:
+    p = ArgumentParser(prog="mmsa tune", description="Hyper-parameter search on Ray Tune over the model config's "
+                       "debugParams (the space MMSA's -t draws from), with ASHA early stopping on the validation "
+                       "KeyEval and checkpointed trials. Writes the best trial's values as an MMSA-format config for "
+                       "`mmsa -c`, and a table of every trial, under <res-save-dir>/tune/.")
+    p.add_argument("-m", "--model", type=str.lower, default="alignmamba", help="model name (default alignmamba)")
+    p.add_argument("--trials", type=int, default=16, help="configurations to try (default 16)")
+    p.add_argument("--max-epochs", type=int, default=20, help="epochs per trial at most (default 20)")
+    p.add_argument("--scheduler", default="asha", choices=("asha", "none"),
+                   help="asha (default): stop poor trials early; none: every trial runs its epochs (random search)")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws of configurations (default 0)")
+    _add_data_options(p)
+    _add_run_options(p)
+    args = p.parse_args(argv)
+    model = host.check_model_name(args.model)
+    setup_logging(args.verbose)
+    check_options(args)
+    for flag, value in (("--trials", args.trials), ("--max-epochs", args.max_epochs)):
+        if value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise InputError('mmsa tune needs the ray extra: pip install -e ".[ray]"') from None
+    choice = prepare_data(args, model)
+    settings = settings_from(args, choice)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"tune-{model}-{args.dataset}")
+    return _tune_on_ray(model, args.dataset, settings, trials=args.trials, max_epochs=args.max_epochs,
+                        scheduler=args.scheduler, cpus_per_run=args.cpus_per_run or 1, ray_address=args.ray_address,
+                        seed=args.search_seed)
 
 
 def cmd_models(argv) -> int:
@@ -379,8 +468,7 @@ def cmd_ablate(argv) -> int:
     check_cells(cells, settings)
     make_output_dirs(settings)
     add_log_file(settings.log_dir, f"ablate-{args.dataset}")
-    run_sweep(cells, settings)
-    return 0
+    return run_sweep(cells, settings, args)
 
 
 def cmd_report(argv) -> int:
@@ -495,7 +583,7 @@ def cmd_bench(argv) -> int:
 
 
 COMMANDS = {"models": cmd_models, "components": cmd_components, "make-synthetic": cmd_make_synthetic,
-            "ablate": cmd_ablate, "report": cmd_report, "predict": cmd_predict, "export": cmd_export,
+            "ablate": cmd_ablate, "report": cmd_report, "predict": cmd_predict, "export": cmd_export, "tune": cmd_tune_command,
             "bench": cmd_bench}
 
 

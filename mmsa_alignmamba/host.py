@@ -539,11 +539,15 @@ def install_when_mmsa_imports() -> None:
 # --------------------------------------------------------------------------------------
 # Building blocks for our own experiment driver (runner.py), all through MMSA's code paths
 # --------------------------------------------------------------------------------------
-def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool = False):
+def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool = False, random_choice: bool = True):
+    """MMSA's config for (model, dataset); ``tune``: its tune config, with one random draw of the
+    debugParams, or with their candidate lists (``random_choice=False``)."""
     import MMSA.config
     install()
-    getter = MMSA.config.get_config_tune if tune else MMSA.config.get_config_regression
-    return getter(check_model_name(model_name), dataset_name.lower(), config_file or "")
+    if tune:
+        return MMSA.config.get_config_tune(check_model_name(model_name), dataset_name.lower(), config_file or "",
+                                           random_choice)
+    return MMSA.config.get_config_regression(check_model_name(model_name), dataset_name.lower(), config_file or "")
 
 
 def check_model_args(args) -> None:

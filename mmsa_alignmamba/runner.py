@@ -153,11 +153,17 @@ def test_setting(cell: Cell) -> str:
     return COMPLETE if cell.protocol == COMPLETE else f"{cell.protocol}@{cell.rate:g}"
 
 
-def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[tuple[Cell, dict]]:
-    """Run every cell not already finished. Cells that differ only in missing rate share one
-    trained model when training sees complete data. ``progress(total, done)`` makes a progress
-    bar over the trainings (the unit that takes the time; one can finish several cells), told how
-    many were finished before this run, so that its rate and ETA count only this run's work."""
+def run_cells(cells: list[Cell], settings: RunSettings, progress=None, executor=None,
+              poll_s: float = 2.0) -> list[tuple[Cell, dict]]:
+    """Run every cell not already finished, on ``executor`` (default: this process, one training
+    after another). Cells that differ only in missing rate share one trained model when training
+    sees complete data. Each training is claimed in the results folder before it starts
+    (claims.py), so runners sharing the folder never train the same cells twice; trainings that
+    another live runner holds are waited for. ``progress(total, done)`` makes a progress bar over
+    the trainings, told how many were finished before this run. -> [(cell, metrics or None)]."""
+    from .claims import ClaimBook
+    from .executors import Job, LocalExecutor
+    executor = executor or LocalExecutor()
     store = ResultStore(settings.res_save_dir, settings.fingerprint())
     if settings.oracle:
         for dataset, data in sorted({(c.dataset, c.data) for c in cells}):
@@ -167,20 +173,56 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None) -> list[t
         train_key = (cell.model, cell.variant, cell.dataset, cell.data, cell.seed,
                      (cell.protocol, cell.rate) if settings.train_missing else None)
         groups.setdefault(train_key, []).append(cell)
-    todo = {key: [c for c in group if store.load(c) is None] for key, group in groups.items()}
-    bar = progress(len(groups), sum(not t for t in todo.values())) if progress is not None else None
-    done = []
-    for key, group in groups.items():
+    jobs = []
+    for group in groups.values():
+        todo = [c for c in group if store.load(c) is None]
         for c in group:
-            if c not in todo[key]:
+            if c not in todo:
                 logger.info("already finished, skipping: %s", c.slug)
-        if todo[key]:
-            first = todo[key][0]
+        if todo:
+            first = todo[0]
             train_cell = first if settings.train_missing else Cell(first.model, first.dataset, first.data,
                                                                    first.seed, variant=first.variant)
-            logger.info("running %s (%d test setting(s))", train_cell.slug, len(todo[key]))
-            train_and_test(train_cell, settings, todo[key], store)
-            if bar is not None:
-                bar.update(1)
-        done += [(c, store.load(c)) for c in group]
-    return done
+            jobs.append(Job(train_cell, tuple(todo)))
+    bar = progress(len(groups), len(groups) - len(jobs)) if progress is not None else None
+    failed: dict[str, BaseException] = {}
+    claims = ClaimBook(settings.res_save_dir)
+
+    def done(job, error):
+        claims.release(job.name)
+        if error is not None:
+            failed[job.name] = error
+            logger.error("FAILED %s: %s: %s", job.name, type(error).__name__, str(error).splitlines()[0][:300])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(failed=len(failed), refresh=False)
+
+    def running(count):
+        if bar is not None:
+            bar.set_postfix(running=count, failed=len(failed))
+
+    try:
+        pending = jobs
+        while pending:
+            mine = [job for job in pending if claims.claim(job.name)]
+            waiting = [job for job in pending if job not in mine]
+            for job in waiting:
+                logger.info("another runner is training %s: waiting for it", job.name)
+            if isinstance(executor, LocalExecutor):
+                executor.run(mine, settings, store, done)
+            else:
+                executor.run(mine, settings, store, done, running=running)
+            # what the other runners held: finished meanwhile (skip), still held (wait), or abandoned (claim)
+            pending = [job for job in waiting if job.name not in failed
+                       and any(store.load(c) is None for c in job.test_cells)]
+            while pending and all(claims.held_by_others(job.name) for job in pending):
+                time.sleep(poll_s)
+                pending = [job for job in pending if any(store.load(c) is None for c in job.test_cells)]
+            for job in waiting:
+                if job not in pending and bar is not None:
+                    bar.update(1)
+    finally:
+        claims.close()
+    if failed:
+        logger.error("%d training(s) failed: %s", len(failed), ", ".join(sorted(failed)))
+    return [(c, store.load(c)) for group in groups.values() for c in group]

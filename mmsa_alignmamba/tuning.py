@@ -1,0 +1,180 @@
+"""`mmsa tune`: hyper-parameter search on Ray Tune, for every registered model.
+
+The search space is the model config's ``debugParams`` (the keys in ``d_paras`` and their
+candidate values), the same one MMSA's own ``-t`` tune mode draws from at random. Each trial is
+one training through the model's own trainer on MMSA's loaders; after every epoch the trainer's
+validation KeyEval is reported to Tune with a checkpoint of the weights, so an early-stopping
+scheduler (ASHA by default) can end poor trials after a few epochs, and a trial whose worker dies
+resumes from its last epoch. The dataset travels to the trials through Ray's object store.
+
+Outputs, under ``<res-save-dir>/tune/<model>-<dataset>/``: ``best.json``, the best trial's values
+as an MMSA-format config that ``mmsa -c`` accepts (they go to the dataset's ``datasetParams``, which
+MMSA reads last), ``trials.csv`` / ``trials.md`` (every trial: its values, best validation score,
+epochs run), and Ray Tune's own trial folders.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .safeio import InputError, atomic_write_text
+
+__all__ = ["search_space", "run_tune", "LOWER_IS_BETTER_KEYS"]
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+LOWER_IS_BETTER_KEYS = ("Loss", "MAE")
+
+
+def search_space(model: str, dataset: str) -> dict:
+    """``debugParams`` of the model's tune config as Ray Tune choices (nested dicts stay nested)."""
+    from ray import tune
+
+    from . import host
+    args = host.load_config(model, dataset, tune=True, random_choice=False)
+    names = list(args.get("d_paras") or [])
+    if not names:
+        raise InputError(f"{model}'s config has no debugParams.d_paras: nothing to tune")
+    space = {}
+    for name in names:
+        values = args[name]
+        if isinstance(values, dict):
+            space[name] = {k: tune.choice(list(v)) for k, v in values.items()}
+        elif isinstance(values, list):
+            space[name] = tune.choice(values)
+        else:
+            space[name] = values
+    return space
+
+
+def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | None, max_epochs: int,
+           cpus: int) -> None:
+    """One Tune trial: train with ``params`` over MMSA's config, reporting validation each epoch."""
+    from ray import tune
+
+    from . import host
+    from .runner import EpochBudget, EpochBudgetReached
+    torch.set_num_threads(cpus)
+    with tempfile.TemporaryDirectory(prefix="mmsa-tune-trial-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "data.pkl").write_bytes(data)
+        config_file = None
+        if config_text is not None:
+            config_file = tmp / "config.json"
+            config_file.write_text(config_text)
+        args = host.load_config(model, dataset, config_file)
+        args.update(params)
+        args.update(featurePath=str(tmp / "data.pkl"), custom_feature=None, feature_T="", feature_A="", feature_V="",
+                    device=torch.device("cpu"), train_mode="regression", model_save_path=str(tmp / "best.pth"),
+                    cur_seed=1111, max_epochs=max_epochs)
+        host.setup_seed(1111)
+        loaders = host.build_dataloaders(args, 0)
+        net = host.build_model(args)
+        trainer = host.build_trainer(args)
+        start_epoch = 0
+        restored = tune.get_checkpoint()
+        if restored is not None:                      # the trial's worker died: go on from its last epoch
+            with restored.as_directory() as d:
+                state = torch.load(Path(d) / "model.pth", map_location="cpu", weights_only=True)
+                net.load_state_dict(state["weights"])
+                start_epoch = int(state["epoch"])
+        key = args["KeyEval"]
+        evaluate = trainer.do_test
+        epoch = {"n": start_epoch}
+
+        def do_test(model_, loader, mode="VAL", **kwargs):
+            results = evaluate(model_, loader, mode=mode, **kwargs)
+            if str(mode).startswith("VAL"):
+                epoch["n"] += 1
+                with tempfile.TemporaryDirectory() as d:
+                    torch.save({"weights": model_.state_dict(), "epoch": epoch["n"]}, Path(d) / "model.pth")
+                    tune.report({"valid": float(results[key]), "epoch": epoch["n"]},
+                                checkpoint=tune.Checkpoint.from_directory(d))
+            return results
+
+        trainer.do_test = do_test
+        budget = max(1, max_epochs - start_epoch)
+        try:
+            trainer.do_train(net, {**loaders, "train": EpochBudget(loaders["train"], budget)})
+        except EpochBudgetReached:
+            pass
+
+
+def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: int, max_epochs: int,
+             scheduler: str = "asha", cpus_per_run: int = 1, ray_address: str | None = None,
+             config_file: str | None = None, seed: int = 0) -> dict:
+    """Search ``trials`` configurations (random draws from the search space, ``seed``-fixed) with
+    at most ``max_epochs`` each; -> {"best": {...}, "paths": {...}, "epochs": total epochs run}."""
+    import os
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from . import host
+    key = host.load_config(model, dataset, config_file)["KeyEval"]
+    mode = "min" if key in LOWER_IS_BETTER_KEYS else "max"
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=False)
+        started = True
+    out_dir = Path(out_dir).resolve()
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, model=model, dataset=dataset, data=Path(feature_path).read_bytes(),
+                                 config_text=Path(config_file).read_text() if config_file else None,
+                                 max_epochs=max_epochs, cpus=cpus_per_run),
+            {"cpu": cpus_per_run})
+        schedule = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2) \
+            if scheduler == "asha" else None
+        tuner = tune.Tuner(
+            trainable, param_space=search_space(model, dataset),
+            tune_config=tune.TuneConfig(metric="valid", mode=mode, num_samples=trials, scheduler=schedule,
+                                        search_alg=BasicVariantGenerator(random_state=seed)),
+            run_config=tune.RunConfig(name=f"{model}-{dataset}-{scheduler}", storage_path=str(out_dir / "ray"),
+                                      failure_config=tune.FailureConfig(max_failures=2), verbose=0))
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return _write_outputs(grid, model, dataset, key, mode, out_dir, scheduler)
+
+
+def _write_outputs(grid, model, dataset, key, mode, out_dir: Path, scheduler: str) -> dict:
+    import pandas as pd
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        if history is None or history.empty or "valid" not in history:
+            rows.append({**{f"param:{k}": json.dumps(v) for k, v in result.config.items()}, "best_valid": None,
+                         "epochs": 0, "status": "error" if result.error else "no report"})
+            continue
+        best = history["valid"].min() if mode == "min" else history["valid"].max()
+        rows.append({**{f"param:{k}": json.dumps(v) for k, v in result.config.items()},
+                     "best_valid": float(best), "epochs": int(history["epoch"].max()),
+                     "status": "error" if result.error else "ok"})
+    table = pd.DataFrame(rows)
+    ranked = table.dropna(subset=["best_valid"]).sort_values("best_valid", ascending=(mode == "min"))
+    if ranked.empty:
+        raise RuntimeError("no trial reported a validation score; see the trial logs under " + str(out_dir / "ray"))
+    best_row = ranked.iloc[0]
+    best = {k.split(":", 1)[1]: json.loads(v) for k, v in best_row.items() if k.startswith("param:")}
+    paths = {"best": out_dir / "best.json", "trials_csv": out_dir / "trials.csv", "trials_md": out_dir / "trials.md"}
+    atomic_write_text(paths["best"], json.dumps({model: {"datasetParams": {dataset: best}}}, indent=2) + "\n")
+    with open(paths["trials_csv"].with_suffix(".tmp"), "w") as f:
+        table.to_csv(f, index=False)
+    paths["trials_csv"].with_suffix(".tmp").replace(paths["trials_csv"])
+    head = [c for c in table.columns]
+    md = [f"# Tuning {model} on {dataset} ({scheduler}; validation {key}, {'lower' if mode == 'min' else 'higher'} is "
+          f"better)", "", f"Best: {best_row['best_valid']:.4f} with {json.dumps(best)}; total epochs run: "
+          f"{int(table['epochs'].sum())}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(str(r[c]) for c in head) + " |" for _, r in ranked.iterrows()]
+    atomic_write_text(paths["trials_md"], "\n".join(md) + "\n")
+    return {"best": best, "best_valid": float(best_row["best_valid"]), "paths": paths,
+            "epochs": int(table["epochs"].sum()), "trials": len(table), "key": key, "mode": mode}

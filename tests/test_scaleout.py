@@ -1,0 +1,134 @@
+"""Scale-out: Ray tasks (a real local Ray, and a real two-node cluster on 127.0.0.1 that loses
+its worker node mid-sweep) and two runners sharing one results folder. Every sweep must end with
+the same summary as the local runner's, each cell trained exactly once."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import mmsa_script
+
+ray = pytest.importorskip("ray")   # in the test extra: CI always runs these
+
+SEEDS = ("-s", "1", "-s", "2", "-s", "3", "-s", "4")
+
+
+def _env(home: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH", "RAY_ADDRESS")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _argv(pkl: Path, out: Path, *extra) -> list[str]:
+    return [mmsa_script(), "-m", "lf_dnn", "-d", "mosi", "--feature-path", str(pkl), *SEEDS, "--epochs", "1",
+            "--cpus-per-run", "1", "--res-save-dir", str(out / "results"), "--model-save-dir", str(out / "models"),
+            "--log-dir", str(out / "logs"), *extra]
+
+
+def _summary(out: Path) -> list[dict]:
+    with open(out / "results" / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, short_pkl):
+    out = tmp_path_factory.mktemp("local")
+    home = tmp_path_factory.mktemp("local-home")
+    proc = subprocess.run(_argv(short_pkl, out), env=_env(home), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_ray_sweep_equals_the_local_one(local_run, short_pkl, tmp_path):
+    out = tmp_path / "ray"
+    proc = subprocess.run(_argv(short_pkl, out, "--executor", "ray"), env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _summary(out) == _summary(local_run)
+    assert sorted(p.name for p in (out / "models").iterdir()) == sorted(p.name for p in (local_run / "models").iterdir())
+    assert "submitted 4 training(s) to Ray" in proc.stderr
+
+
+def test_two_runners_on_one_folder_train_each_cell_once(local_run, short_pkl, tmp_path):
+    out = tmp_path / "shared"
+    runners = [subprocess.Popen(_argv(short_pkl, out), env=_env(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [r.communicate(timeout=600)[1] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], [log[-2000:] for log in logs]
+    started = [line.split(" running ")[1].split()[0] for log in logs for line in log.splitlines() if " running " in line]
+    assert sorted(started) == sorted(set(started)) and len(started) == 4, started   # each training once, all four
+    assert _summary(out) == _summary(local_run)
+    assert not (out / "results" / "claims").exists()          # every claim released
+
+
+def test_a_stale_claim_expires(tmp_path):
+    from mmsa_alignmamba.claims import ClaimBook
+    first = ClaimBook(tmp_path, stale_s=0.5, heartbeat_s=60)
+    second = ClaimBook(tmp_path, stale_s=0.5, heartbeat_s=60)
+    assert first.claim("cell") and not second.claim("cell") and second.held_by_others("cell")
+    first._stop.set()                                         # a runner that died: no more heartbeats
+    time.sleep(0.8)
+    assert not second.held_by_others("cell") and second.claim("cell")
+    second.close()
+    assert not (tmp_path / "claims").exists()
+
+
+def _ray_start(*args, env) -> None:
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "start", *args], env=env, check=True,
+                   capture_output=True, text=True, timeout=120)
+
+
+def _worker_node_pids(node_manager_port: int) -> list[int]:
+    """The worker node's raylet and every process under it (its workers)."""
+    raylets = subprocess.run(["pgrep", "-f", f"raylet.*--node_manager_port={node_manager_port}"],
+                             capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in raylets]
+    for pid in list(pids):
+        pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    return pids
+
+
+def test_a_sweep_survives_losing_its_worker_node(local_run, short_pkl, tmp_path):
+    """A real two-node cluster on 127.0.0.1 (`ray start --head` and `ray start --address`); the
+    worker node is killed while the sweep runs; Ray retries its tasks on the head node."""
+    env = _env(tmp_path, RAY_AUTH_MODE="disabled")   # a loopback-only cluster of this test's own
+    port, worker_port = 26379, 26380
+    _ray_start("--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+               env=env)
+    try:
+        _ray_start(f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                   f"--node-manager-port={worker_port}", env=env)
+        out = tmp_path / "cluster"
+        driver = subprocess.Popen(_argv(short_pkl, out, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not _worker_node_pids(worker_port) or not list((out / "logs").glob("*.log")):
+            assert time.monotonic() < deadline and driver.poll() is None
+            time.sleep(0.2)
+        # wait until work is under way, then kill the worker node's processes
+        while "submitted" not in "".join(p.read_text() for p in (out / "logs").glob("*.log")):
+            assert time.monotonic() < deadline and driver.poll() is None
+            time.sleep(0.2)
+        time.sleep(3)
+        killed = _worker_node_pids(worker_port)
+        finished_before = len(list((out / "results" / "cells").rglob("*.json")))
+        assert killed and finished_before < 4, finished_before     # mid-sweep: the node holds a task
+        for pid in killed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, err = driver.communicate(timeout=600)
+        assert driver.returncode == 0, err[-3000:]
+        assert _summary(out) == _summary(local_run)
+        assert len(list((out / "results" / "cells").rglob("*.json"))) == 4
+    finally:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env,
+                       capture_output=True, timeout=120)
