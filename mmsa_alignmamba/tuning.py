@@ -106,9 +106,10 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
 
 def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: int, max_epochs: int,
              scheduler: str = "asha", cpus_per_run: int = 1, ray_address: str | None = None,
-             config_file: str | None = None, seed: int = 0) -> dict:
+             config_file: str | None = None, seed: int = 0, grace_period: int = 1) -> dict:
     """Search ``trials`` configurations (random draws from the search space, ``seed``-fixed) with
-    at most ``max_epochs`` each; -> {"best": {...}, "paths": {...}, "epochs": total epochs run}."""
+    at most ``max_epochs`` each; ASHA (halving, reduction factor 2) lets every trial run
+    ``grace_period`` epochs before it may stop it. -> {"best": {...}, "paths": {...}, "epochs": …}."""
     import os
 
     import ray
@@ -131,7 +132,8 @@ def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: in
                                  config_text=Path(config_file).read_text() if config_file else None,
                                  max_epochs=max_epochs, cpus=cpus_per_run),
             {"cpu": cpus_per_run})
-        schedule = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2) \
+        schedule = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace_period, max_epochs),
+                                 reduction_factor=2) \
             if scheduler == "asha" else None
         tuner = tune.Tuner(
             trainable, param_space=search_space(model, dataset),

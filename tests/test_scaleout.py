@@ -132,3 +132,40 @@ def test_a_sweep_survives_losing_its_worker_node(local_run, short_pkl, tmp_path)
     finally:
         subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env,
                        capture_output=True, timeout=120)
+
+
+def test_tune_on_ray_writes_a_config_mmsa_accepts(short_pkl, tmp_path):
+    """`mmsa -t` goes to Ray Tune when Ray is installed: the debugParams space, ASHA, a trial
+    table, and the best trial's values as a config that `mmsa -c` trains with."""
+    out = tmp_path / "tune"
+    dirs = ["--res-save-dir", str(out / "results"), "--model-save-dir", str(out / "models"), "--log-dir", str(out / "logs")]
+    proc = subprocess.run([mmsa_script(), "-m", "lf_dnn", "-d", "mosi", "--feature-path", str(short_pkl), "-t", "-tt",
+                           "3", "--epochs", "2", *dirs], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "with Ray Tune: 3 trials of at most 2 epochs, ASHA early stopping" in proc.stderr
+    folder = out / "results" / "tune" / "lf_dnn-mosi-asha"
+    with open(folder / "trials.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 3 and all(t["status"] == "ok" and 1 <= int(t["epochs"]) <= 2 for t in trials)
+    import json
+    best = json.loads((folder / "best.json").read_text())["lf_dnn"]["datasetParams"]["mosi"]
+    assert set(best) == {"hidden_dims", "text_out", "post_fusion_dim", "dropouts", "batch_size", "learning_rate",
+                         "weight_decay"}
+    again = subprocess.run([mmsa_script(), "-m", "lf_dnn", "-d", "mosi", "--feature-path", str(short_pkl), "-c",
+                            str(folder / "best.json"), "-s", "1", "--epochs", "1", *dirs], env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import torch
+    (checkpoint,) = (out / "models").glob("lf_dnn-*.pth")
+    config = torch.load(checkpoint, weights_only=True)["meta"]["config"]
+    assert config["learning_rate"] == best["learning_rate"] and config["hidden_dims"] == best["hidden_dims"]
+
+
+def test_executor_ray_without_ray_is_one_error_line(tmp_path, short_pkl, monkeypatch, capsys):
+    from conftest import run_cli
+    monkeypatch.setitem(sys.modules, "ray", None)             # as if the extra were not installed
+    rc, _, err = run_cli(["-m", "lf_dnn", "--feature-path", short_pkl, "--executor", "ray",
+                          "--res-save-dir", tmp_path / "r"], capsys)
+    assert rc == 2 and err.strip().splitlines()[-1] == ('mmsa: error: --executor ray needs the ray extra: '
+                                                       'pip install -e ".[ray]"')
+    assert not (tmp_path / "r").exists()
