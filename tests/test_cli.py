@@ -455,8 +455,8 @@ def test_ctrl_c_keeps_a_summary_of_the_finished_runs(tmp_path, tiny_pkl, capsys,
     from mmsa_alignmamba import runner
     run_cells = runner.run_cells
 
-    def first_then_interrupt(cells, settings, progress=None):
-        run_cells(cells[:1], settings, progress)
+    def first_then_interrupt(cells, settings, progress=None, executor=None):
+        run_cells(cells[:1], settings, progress, executor)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "run_cells", first_then_interrupt)
