@@ -226,6 +226,14 @@ def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", pa
         text += "\n## Robustness: average over missing rates and Δ = metric(0.1) − metric(0.7)\n\n"
         text += markdown_table(robust, avg_cols)
     text += "\n" + side_by_side(summary, metric, sig)
+    failures = store.failures()
+    if failures:
+        text += "\n## Runs that did not finish (run the same command again to retry them)\n\n"
+        text += "| Model | Dataset | Data | Protocol | MissingRate | Seed | likely cause |\n|---|---|---|---|---|---|---|\n"
+        for r in failures:
+            c = r["cell"]
+            text += (f"| {model_label(c['model'], c.get('variant', ''))} | {c['dataset']} | {c['data']} | {c['protocol']} | "
+                     f"{c['rate']:g} | {c['seed']} | {r['likely_cause']} |\n")
     if paper_rows:
         text += paper_reference(summary)
     paths["md"] = atomic_write_text(res_dir / f"{name}.md", text)

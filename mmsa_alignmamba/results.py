@@ -109,6 +109,7 @@ class ResultStore:
         record = {"cell": asdict(cell), "metrics": metrics, "synthetic": cell.data != "real",
                   "settings": self.fingerprint, **extra}
         atomic_write_text(cell.path(self.res_dir), json.dumps(record, indent=1, sort_keys=True))
+        self.clear_failure(cell)
 
     def training_record(self, cell: Cell) -> dict | None:
         return self._read(cell.path(self.res_dir).with_suffix(".trained"), "training")
@@ -120,6 +121,23 @@ class ResultStore:
     def records(self) -> list[dict]:
         root = self.res_dir / "cells"
         return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+
+    def _failure_path(self, cell: Cell) -> Path:
+        return self.res_dir / "failed" / cell.dataset / cell.data / f"{cell.slug}.json"
+
+    def save_failure(self, cell: Cell, error: str, cause: str) -> None:
+        """Record that ``cell`` did not finish and why (the summary lists it until it does)."""
+        record = {"cell": asdict(cell), "error": error, "likely_cause": cause, "settings": self.fingerprint}
+        atomic_write_text(self._failure_path(cell), json.dumps(record, indent=1, sort_keys=True))
+
+    def clear_failure(self, cell: Cell) -> None:
+        self._failure_path(cell).unlink(missing_ok=True)
+
+    def failures(self) -> list[dict]:
+        """Failure records of cells that have not finished since."""
+        root = self.res_dir / "failed"
+        records = [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+        return [r for r in records if not Cell(**r["cell"]).path(self.res_dir).is_file()]
 
     def save_oracle(self, dataset: str, data: str, ladder: dict) -> None:
         """Keep the oracle ladder of synthetic data beside the results made on it."""

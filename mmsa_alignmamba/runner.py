@@ -192,7 +192,10 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None, executor=
         claims.release(job.name)
         if error is not None:
             failed[job.name] = error
-            logger.error("FAILED %s: %s: %s", job.name, type(error).__name__, str(error).splitlines()[0][:300])
+            cause = likely_cause(error)
+            logger.error("FAILED %s: %s", job.name, cause)
+            for cell in job.test_cells:
+                store.save_failure(cell, f"{type(error).__name__}: {str(error)[:2000]}", cause)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(failed=len(failed), refresh=False)
@@ -226,3 +229,16 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None, executor=
     if failed:
         logger.error("%d training(s) failed: %s", len(failed), ", ".join(sorted(failed)))
     return [(c, store.load(c)) for group in groups.values() for c in group]
+
+
+def likely_cause(error: BaseException) -> str:
+    """One line on why a training did not finish, from the error its executor reported."""
+    kind = type(error).__name__
+    text = str(error)
+    if kind == "OutOfMemoryError" or "memory monitor" in text.lower():
+        return "killed for lack of memory (Ray's memory monitor; the memory use is in the error record)"
+    if kind in ("WorkerCrashedError", "NodeDiedError") or "SIGKILL" in text or "signal 9" in text:
+        return (f"{kind}: its process was killed (signal 9; on a memory-starved machine the kernel's OOM killer "
+                "is the usual cause), after Ray's retries")
+    first = text.strip().splitlines()[-1] if text.strip() else ""
+    return f"{kind}: {first[:300]}"

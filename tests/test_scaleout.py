@@ -169,3 +169,38 @@ def test_executor_ray_without_ray_is_one_error_line(tmp_path, short_pkl, monkeyp
     assert rc == 2 and err.strip().splitlines()[-1] == ('mmsa: error: --executor ray needs the ray extra: '
                                                        'pip install -e ".[ray]"')
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_training_is_recorded_and_the_rest_goes_on(tiny_pkl, tmp_path, capsys, monkeypatch):
+    """An executor reports one training as failed (as Ray does after its retries, e.g. for a
+    worker killed for lack of memory): the other trainings finish, the cell gets a failure record
+    with the likely cause, the summary lists it, the command exits 1; a rerun trains it and the
+    record goes."""
+    from conftest import run_cli
+    from mmsa_alignmamba import executors
+
+    class FlakyLocal(executors.LocalExecutor):
+        def run(self, jobs, settings, store, done, running=None):
+            for job in jobs:
+                if job.train_cell.seed == 2:
+                    done(job, type("WorkerCrashedError", (RuntimeError,), {})(
+                        "The worker died unexpectedly (SIGKILL): signal 9"))
+                else:
+                    super().run([job], settings, store, done)
+
+    argv = ["-m", "lf_dnn", "--feature-path", tiny_pkl, "-s", "1", "-s", "2", "--epochs", "1",
+            "--res-save-dir", tmp_path / "r", "--model-save-dir", tmp_path / "m", "--log-dir", tmp_path / "l"]
+    original = executors.LocalExecutor
+    monkeypatch.setattr(executors, "LocalExecutor", FlakyLocal)
+    rc, stdout, err = run_cli(argv, capsys)
+    assert rc == 1 and "did not finish" in err and "seed2" in err
+    (record,) = (tmp_path / "r" / "failed").rglob("*.json")
+    assert "signal 9" in record.read_text() and "seed2" in record.name
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "Runs that did not finish" in md and "its process was killed (signal 9" in md
+    assert len(list((tmp_path / "r" / "cells").rglob("*.json"))) == 1      # seed 1 finished all the same
+    monkeypatch.setattr(executors, "LocalExecutor", original)
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    assert not list((tmp_path / "r" / "failed").rglob("*.json"))
+    assert "Runs that did not finish" not in (tmp_path / "r" / "summary.md").read_text()
