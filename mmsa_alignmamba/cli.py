@@ -229,10 +229,8 @@ def check_options(args) -> None:
     if args.gpus_per_run < 0:
         raise InputError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
     if args.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise InputError('--executor ray needs the ray extra: pip install -e ".[ray]"') from None
+        from .executors import import_ray
+        import_ray("--executor ray")
     elif args.ray_address or args.gpus_per_run:
         raise InputError("--ray-address and --gpus-per-run need --executor ray")
     resolve_device(args)
@@ -397,10 +395,8 @@ def cmd_tune_command(argv) -> int:
     for flag, value in (("--trials", args.trials), ("--max-epochs", args.max_epochs), ("--grace-period", args.grace_period)):
         if value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise InputError('mmsa tune needs the ray extra: pip install -e ".[ray]"') from None
+    from .executors import import_ray
+    import_ray("mmsa tune")
     choice = prepare_data(args, model)
     settings = settings_from(args, choice)
     make_output_dirs(settings)

@@ -24,7 +24,7 @@ from .results import Cell, ResultStore
 from .safeio import InputError, atomic_write, atomic_write_text
 from .settings import RunSettings
 
-__all__ = ["Job", "LocalExecutor", "RayExecutor", "make_executor", "EXECUTORS"]
+__all__ = ["Job", "LocalExecutor", "RayExecutor", "make_executor", "import_ray", "EXECUTORS"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -46,6 +46,15 @@ class Job:
 Done = Callable[[Job, BaseException | None], None]
 
 
+def import_ray(what: str):
+    """The ray module, or one InputError saying that ``what`` needs the ``[ray]`` extra."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f'{what} needs the ray extra: pip install -e ".[ray]"') from None
+    return ray
+
+
 def _set_threads(cpus_per_run: int | None) -> None:
     if cpus_per_run:
         import torch
@@ -59,7 +68,8 @@ class LocalExecutor:
     def __init__(self, cpus_per_run: int | None = None):
         self.cpus_per_run = cpus_per_run
 
-    def run(self, jobs: list[Job], settings: RunSettings, store: ResultStore, done: Done) -> None:
+    def run(self, jobs: list[Job], settings: RunSettings, store: ResultStore, done: Done, running=None) -> None:
+        """Train and test each job here; ``running(count)`` is not called: one runs at a time."""
         from .runner import train_and_test
         _set_threads(self.cpus_per_run)
         for job in jobs:
@@ -113,10 +123,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_run: int = 1, gpus_per_run: float = 0):
-        try:
-            import ray
-        except ImportError:
-            raise InputError('--executor ray needs the ray extra: pip install -e ".[ray]"') from None
+        ray = import_ray("--executor ray")
         self.ray = ray
         self.cpus_per_run, self.gpus_per_run = cpus_per_run, gpus_per_run
         address = address or os.environ.get("RAY_ADDRESS") or None

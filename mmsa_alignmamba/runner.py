@@ -97,7 +97,8 @@ def _wrap_missing(loaders, cell: Cell, args, train_missing: bool):
 
 def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore"):
     """Train the model for `cell` unless a finished training of it is on record; return it loaded
-    with its best-on-validation checkpoint and the trainer."""
+    with its best-on-validation checkpoint, the trainer, the training record and the checkpoint's
+    description (None for a bare one)."""
     model = host.build_model(args).to(args["device"])
     trainer = host.build_trainer(args)
     record = store.training_record(cell)
@@ -115,8 +116,9 @@ def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore
         store.save_training_record(cell, record)
     else:
         logger.info("reusing the finished training of %s (%s)", cell.slug, checkpoint)
-    checkpoints.load_weights_into(model, checkpoint)
-    return model.to(args["device"]), trainer, record
+    loaded = checkpoints.load(checkpoint)
+    checkpoints.load_weights_into(model, loaded)
+    return model.to(args["device"]), trainer, record, loaded.meta
 
 
 def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], store: "ResultStore") -> None:
@@ -128,9 +130,8 @@ def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], st
     loaders = host.build_dataloaders(args, settings.num_workers)
     if settings.true_alignment:
         attach_true_alignment(loaders, args["featurePath"])
-    model, trainer, record = _train(cell, settings, args, loaders, store)
-    described = checkpoints.load(args["model_save_path"]).meta or {}
-    tested = dict(described.get("test_metrics") or {})
+    model, trainer, record, described = _train(cell, settings, args, loaders, store)
+    tested = dict((described or {}).get("test_metrics") or {})
     results = []
     for test_cell in test_cells:
         host.setup_seed(cell.seed)
@@ -211,10 +212,7 @@ def run_cells(cells: list[Cell], settings: RunSettings, progress=None, executor=
             waiting = [job for job in pending if job not in mine]
             for job in waiting:
                 logger.info("another runner is training %s: waiting for it", job.name)
-            if isinstance(executor, LocalExecutor):
-                executor.run(mine, settings, store, done)
-            else:
-                executor.run(mine, settings, store, done, running=running)
+            executor.run(mine, settings, store, done, running=running)
             # what the other runners held: finished meanwhile (skip), still held (wait), or abandoned (claim)
             pending = [job for job in waiting if job.name not in failed
                        and any(store.load(c) is None for c in job.test_cells)]
