@@ -562,12 +562,11 @@ def cmd_export(argv) -> int:
         import onnx  # noqa: F401  (torch's exporter writes through it)
     except ImportError:
         raise InputError('ONNX export needs the onnx extra: pip install -e ".[onnx]"') from None
-    from .export import export_onnx, verify_onnx
+    from .export import export_onnx
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name")
-    path = export_onnx(args.checkpoint, out)
-    gap = verify_onnx(args.checkpoint, path)
+    path, gap = export_onnx(args.checkpoint, out)
     if gap is None:
         print(f"wrote {path} (onnxruntime is not installed: not checked)")
     else:

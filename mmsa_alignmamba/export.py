@@ -55,8 +55,10 @@ def example_inputs(feature_dims, batch: int = 2, lengths=(6, 14, 11), seed: int 
     return text, audio, vision, audio_lengths, vision_lengths
 
 
-def export_onnx(checkpoint, out) -> Path:
-    """Write the ONNX graph of an AlignMamba checkpoint to ``out`` (atomically). -> out."""
+def export_onnx(checkpoint, out) -> tuple[Path, float | None]:
+    """Write the ONNX graph of an AlignMamba checkpoint to ``out`` (atomically) and check it
+    against the same model in PyTorch (verify_onnx). -> (out, the largest relative gap, or None
+    without onnxruntime)."""
     from .predict import load_model
     loaded = load_model(checkpoint)
     if loaded.info.model != "alignmamba":
@@ -64,7 +66,8 @@ def export_onnx(checkpoint, out) -> Path:
     net = getattr(loaded.model, "Model", loaded.model)      # MMSA's AMIO wraps the model
     if net.cfg.use_bert:
         raise InputError("ONNX export needs precomputed text features; this checkpoint fine-tunes BERT (use_bert)")
-    return export_model(net, out)
+    path = export_model(net, out)
+    return path, verify_onnx(net, path)
 
 
 def export_model(net: nn.Module, out) -> Path:
@@ -96,21 +99,18 @@ def export_model(net: nn.Module, out) -> Path:
 CHECK_SHAPES = ((1, (9, 31, 17)), (3, (20, 40, 30)), (2, (5, 60, 8)))   # (batch, (T_l, T_a, T_v))
 
 
-def verify_onnx(checkpoint, onnx_path, shapes=CHECK_SHAPES) -> float | None:
-    """Largest relative gap between ONNX Runtime and PyTorch over random inputs of ``shapes``
-    (none of them the traced example's), or None without onnxruntime. Raises if it exceeds 1e-4:
-    a graph that does not compute the model is not kept."""
+def verify_onnx(net: nn.Module, onnx_path, shapes=CHECK_SHAPES) -> float | None:
+    """Largest relative gap between ONNX Runtime and the AlignMamba module ``net`` over random
+    inputs of ``shapes`` (none of them the traced example's), or None without onnxruntime.
+    Raises if it exceeds 1e-4: a graph that does not compute the model is not kept."""
     try:
         import onnxruntime
     except ImportError:
         return None
-    from .predict import load_model
-    loaded = load_model(checkpoint)
-    net = getattr(loaded.model, "Model", loaded.model)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for seed, (batch, lengths) in enumerate(shapes, start=1):
-        inputs = example_inputs(loaded.info.feature_dims, batch, lengths, seed=seed)
+        inputs = example_inputs(net.cfg.feature_dims, batch, lengths, seed=seed)
         with torch.no_grad():
             expected = net(*inputs)["M"].squeeze(-1).numpy()
         got = session.run(None, {name: x.numpy() for name, x in zip(ONNX_INPUTS, inputs)})[0]

@@ -17,6 +17,7 @@ Entry-point groups (read with importlib.metadata):
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -664,34 +665,37 @@ def prediction_dataset(args, split: dict):
         with open(path, "wb") as f:
             pickle.dump({"test": split}, f, protocol=4)
         config = type(args)(dict(args, featurePath=str(path), feature_dims=list(args["feature_dims"])))
-        previous = logging.getLogger("MMSA").level
-        logging.getLogger("MMSA").setLevel(logging.WARNING)  # "test samples: (N,)" would mislead here
-        try:
+        with _mmsa_log_quiet():   # "test samples: (N,)" would mislead here
             return MMDataset(config, mode="test")
-        finally:
-            logging.getLogger("MMSA").setLevel(previous)
 
 
-def predict_scores(model: torch.nn.Module, args, loader, quiet: bool = True):
+@contextlib.contextmanager
+def _mmsa_log_quiet():
+    """MMSA's logger at WARNING for the duration: its INFO lines describe training, not prediction."""
+    mmsa_logger = logging.getLogger("MMSA")
+    previous = mmsa_logger.level
+    mmsa_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        mmsa_logger.setLevel(previous)
+
+
+def predict_scores(model: torch.nn.Module, args, loader):
     """Run the model's own trainer's ``do_test`` over ``loader`` (so every model, built-in or
     plugin, is called in its own convention) and collect the regression output ``M`` of every
-    batch in order. -> (scores (N,) numpy, the trainer's metric dict). ``quiet`` hides the
-    trainer's log line (its metrics are meaningless when the labels are placeholders)."""
+    batch in order. -> (scores (N,) numpy, the trainer's metric dict). The trainer's log line is
+    hidden: its metrics are meaningless where the labels are placeholders."""
     import warnings
 
     import numpy as np
     trainer = build_trainer(args)
     scores = []
     hook = model.register_forward_hook(lambda _m, _i, out: scores.append(out["M"].detach().reshape(-1).cpu()))
-    mmsa_logger = logging.getLogger("MMSA")
-    previous = mmsa_logger.level
-    if quiet:
-        mmsa_logger.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
+        with _mmsa_log_quiet(), warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")    # one sample: numpy's "degrees of freedom" warnings
             metrics = trainer.do_test(model, loader, mode="PREDICT")
     finally:
         hook.remove()
-        mmsa_logger.setLevel(previous)
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32), metrics

@@ -22,7 +22,7 @@ import csv
 import io
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -44,13 +44,15 @@ _SIMS_3 = ("negative", "neutral", "positive")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a loaded checkpoint is: ``meta`` is its recorded description (None for a bare one)."""
+    """What a loaded checkpoint is: ``meta`` is its recorded description (None for a bare one),
+    ``config`` the MMSA config the model was built from (prediction reads the data with it)."""
     model: str
     dataset: str
     feature_dims: tuple[int, int, int] | None
     use_bert: bool
     aligned: bool
     meta: dict | None
+    config: dict = field(repr=False, compare=False)
 
 
 class LoadedModel(NamedTuple):
@@ -88,14 +90,14 @@ def load_model(checkpoint, model: str | None = None, dataset: str | None = None,
     net = host.build_model(args)
     checkpoints.load_weights_into(net, ck)
     net.eval()
-    info = ModelInfo(name, dataset, dims, bool(args.get("use_bert")), bool(args.get("need_data_aligned")), meta)
+    info = ModelInfo(name, dataset, dims, bool(args.get("use_bert")), bool(args.get("need_data_aligned")), meta, args)
 
     def predict(text, audio, vision, audio_lengths=None, vision_lengths=None, absent: Sequence[str] = ()) -> np.ndarray:
         """Scores for one sample (text (T_l, d_t), audio (T_a, d_a), vision (T_v, d_v)) or a batch
         (a leading batch axis on each). Lengths default to the full padded lengths. ``absent``
         names modalities to treat as missing (the protocols' modality mask). -> (B,) float32."""
         split = _split_from_arrays(info, text, audio, vision, audio_lengths, vision_lengths)
-        scores, _ = _run_split(net, args, info, split, absent, batch_size=int(args.get("batch_size", 32)))
+        scores, _ = _run_split(net, info, split, absent, batch_size=int(args.get("batch_size", 32)))
         return scores
 
     return LoadedModel(net, predict, info)
@@ -198,17 +200,17 @@ class AbsentModalities:
         return mark_absent(batch, np.tile(self.present, (len(batch["audio"]), 1)), self.use_bert)
 
 
-def _run_split(net, args, info: ModelInfo, split: dict, absent: Sequence[str], batch_size: int):
+def _run_split(net, info: ModelInfo, split: dict, absent: Sequence[str], batch_size: int):
     """-> (scores (N,), the trainer's metrics or None when the split has no labels)."""
     from torch.utils.data import DataLoader
 
     from .missing import MissingModalityLoader
     filled, labels = _with_labels(split, info.dataset)
-    dataset = host.prediction_dataset(args, filled)
+    dataset = host.prediction_dataset(info.config, filled)
     loader = DataLoader(dataset, batch_size=max(1, min(batch_size, len(dataset))), shuffle=False)
     if absent:
         loader = MissingModalityLoader(loader, AbsentModalities(absent, info.use_bert), "test")
-    scores, metrics = host.predict_scores(net, args, loader)
+    scores, metrics = host.predict_scores(net, info.config, loader)
     if scores.shape[0] != len(dataset):
         raise RuntimeError(f"{info.model}'s trainer ran the model {scores.shape[0]} times for {len(dataset)} samples")
     return scores, (metrics if labels is not None else None)
@@ -255,13 +257,11 @@ def predict_file(loaded: LoadedModel, feature_path, splits: Sequence[str], absen
     present = [s for s in wanted if isinstance(data.get(s), dict)]
     if not present:
         raise DataFileError(f"{feature_path} has no split {' / '.join(wanted)}")
-    args = host.restore_config(info.model, info.dataset, (info.meta or {}).get("config"))
-    args["feature_dims"] = list(info.feature_dims) if info.feature_dims else args["feature_dims"]
-    size = batch_size or int(args.get("batch_size", 32))
+    size = batch_size or int(info.config.get("batch_size", 32))
     rows, metrics = [], {}
     for split in present:
         _check_split(info, data[split], f"{feature_path} split '{split}'")
-        scores, metrics[split] = _run_split(net, args, info, data[split], absent, size)
+        scores, metrics[split] = _run_split(net, info, data[split], absent, size)
         ids = np.asarray(data[split].get("id", np.arange(len(scores)))).reshape(-1)
         labels = data[split].get("regression_labels")
         classes = sentiment_classes(scores, info.dataset)
