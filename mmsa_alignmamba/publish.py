@@ -13,8 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import (COMPLETE, F1_OF, LOWER_IS_BETTER, METRIC_NAMES, SIGNIFICANCE_NOTE, applied_rate,
-                     format_cell, rate_label, side_by_side_blocks, significant, synthetic_note)
+from .report import (
+    COMPLETE,
+    F1_OF,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    SIGNIFICANCE_NOTE,
+    applied_rate,
+    format_cell,
+    metric_title,
+    rate_label,
+    reported_tables,
+    side_by_side_blocks,
+    significant,
+    synthetic_note,
+)
 from .safeio import atomic_write
 
 __all__ = ["robustness_figures", "latex", "html", "FIGURE_FORMATS"]
@@ -90,7 +103,7 @@ def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: boo
     rate, 'mean ± std' of ``metric`` (and its F1), the best mean of each column in bold, † where
     a model beats the best other one significantly; the paper's numbers in a separate table."""
     partner = F1_OF.get(metric)
-    name = METRIC_NAMES.get(metric, metric) + (f" / {METRIC_NAMES.get(partner, partner)}" if partner else "")
+    name = metric_title(metric)
     out = ["% mmsa report: booktabs tables (\\usepackage{booktabs}); generated, do not edit by hand", ""]
     for (dataset, data, protocol), block in side_by_side_blocks(summary, metric):
         rates = sorted(set(block["MissingRate"]))
@@ -120,25 +133,20 @@ def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: boo
             out.append(f"{_tex(model)} & " + " & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     if paper_rows:
-        out += _paper_latex(sorted(set(summary["Dataset"]) & {"mosi", "mosei"}) if not summary.empty else [])
+        out += _paper_latex(summary)
     return "\n".join(out) + "\n"
 
 
-def _paper_latex(datasets: list[str]) -> list[str]:
-    from .paper import REPORTED_COMPLETE, REPORTED_MISSING, REPORTED_NOTE
+def _paper_latex(summary: pd.DataFrame) -> list[str]:
+    from .paper import REPORTED_NOTE
     out = []
-    for dataset in datasets:
-        rates = list(REPORTED_MISSING[dataset])
+    for dataset, rates, rows in reported_tables(summary):
         out += ["\\begin{table}[t]", "\\centering", "\\small",
                 f"\\caption{{{dataset.upper()}: {_tex(REPORTED_NOTE)}.}}",
                 f"\\begin{{tabular}}{{l{'c' * (1 + len(rates))}}}", "\\toprule",
                 "Model & complete & " + " & ".join(f"MR {r:g}" for r in rates) + " \\\\", "\\midrule"]
-        for variant, by_data in REPORTED_COMPLETE.items():
-            acc, f1 = by_data[dataset]
-            missing = [f"{a:.1f} / {b:.1f}" for a, b in REPORTED_MISSING[dataset].values()] \
-                if variant == "alignmamba" else ["--"] * len(rates)
-            label = "alignmamba" if variant == "alignmamba" else f"alignmamba[{variant}]"
-            out.append(f"{_tex(label)} (paper) & {acc:.1f} / {f1:.1f} & " + " & ".join(missing) + " \\\\")
+        for label, complete, missing in rows:
+            out.append(f"{_tex(label)} (paper) & {complete} & " + " & ".join(m or "--" for m in missing) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return out
 

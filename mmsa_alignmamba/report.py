@@ -199,13 +199,20 @@ def write_csv(df: pd.DataFrame, path) -> Path:
     return Path(path)
 
 
-def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", paper_rows: bool = False) -> dict[str, Path]:
-    """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate
-    runs); the side-by-side table and the significance columns are for ``metric``."""
-    res_dir = Path(res_dir)
+def _tables(res_dir: Path, metric: str) -> tuple[ResultStore, pd.DataFrame, pd.DataFrame]:
+    """The store of ``res_dir``, its summary and the significance table for ``metric`` (records read once)."""
     store = ResultStore(res_dir)
-    summary = summary_table(store.records(), store.oracles())
-    sig = significance(store.records(), metric)
+    records = store.records()
+    return store, summary_table(records, store.oracles()), significance(records, metric)
+
+
+def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", paper_rows: bool = False,
+                  tables=None) -> dict[str, Path]:
+    """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate
+    runs); the side-by-side table and the significance columns are for ``metric``. ``tables``:
+    what _tables gives, when the caller has it already."""
+    res_dir = Path(res_dir)
+    store, summary, sig = tables or _tables(res_dir, metric)
     table = summary
     if not sig.empty:
         table = summary.merge(sig.rename(columns={"Versus": f"{metric}_versus", "P": f"{metric}_p",
@@ -248,8 +255,7 @@ def side_by_side(summary: pd.DataFrame, metric: str = "Has0_acc_2", sig: pd.Data
     if not blocks:
         return ""
     partner = F1_OF.get(metric)
-    name = METRIC_NAMES.get(metric, metric) + (f" / {METRIC_NAMES.get(partner, partner)}" if partner else "")
-    text = f"## Side by side: {name} per missing rate (mean ± std over seeds)\n\n"
+    text = f"## Side by side: {metric_title(metric)} per missing rate (mean ± std over seeds)\n\n"
     for (dataset, data, protocol), block in blocks:
         rates = sorted(set(block["MissingRate"]))
         source = "SYNTHETIC data" if data != "real" else "real data"
@@ -271,6 +277,12 @@ def side_by_side(summary: pd.DataFrame, metric: str = "Has0_acc_2", sig: pd.Data
     if sig is not None and not sig.empty:
         text += SIGNIFICANCE_NOTE + ".\n"
     return text
+
+
+def metric_title(metric: str) -> str:
+    """How a table names ``metric``, with the F1 that goes with an accuracy: 'Has0 Acc-2 (%) / Has0 F1 (%)'."""
+    partner = F1_OF.get(metric)
+    return METRIC_NAMES.get(metric, metric) + (f" / {METRIC_NAMES.get(partner, partner)}" if partner else "")
 
 
 def side_by_side_blocks(summary: pd.DataFrame, metric: str) -> list[tuple[tuple, pd.DataFrame]]:
@@ -313,24 +325,39 @@ def format_cell(row, metric: str) -> str:
     return f"{value:.2f} ± {std:.2f}" if std is not None and not pd.isna(std) else f"{value:.2f}"
 
 
-def paper_reference(summary: pd.DataFrame) -> str:
-    """Markdown: the paper's published AlignMamba numbers for the datasets present, in their own
-    section (never mixed with the measured rows)."""
-    from .paper import REPORTED_COMPLETE, REPORTED_MISSING, REPORTED_NOTE
-    datasets = sorted(set(summary["Dataset"]) & {"mosi", "mosei"}) if not summary.empty else []
-    if not datasets:
-        return ""
-    text = f"\n## Reference: {REPORTED_NOTE}\n\n"
+def reported_tables(summary: pd.DataFrame) -> list[tuple[str, list[float], list[tuple[str, str, list]]]]:
+    """The paper's published AlignMamba numbers for the datasets in ``summary``: per dataset, the
+    missing rates and rows (label, 'Acc-2 / F1' with complete modalities, per rate the same or None)."""
+    from .paper import REPORTED_COMPLETE, REPORTED_MISSING
+    datasets = sorted(set(summary["Dataset"]) & set(REPORTED_MISSING)) if not summary.empty else []
+    tables = []
     for dataset in datasets:
-        text += f"### {dataset.upper()}: Table 3 (complete modalities) and Table 1 (missing rates, IMDer's protocol)\n\n"
-        text += "| Model | complete | " + " | ".join(f"MR {r:g}" for r in REPORTED_MISSING[dataset]) + " |\n"
-        text += "|---|---|" + "---|" * len(REPORTED_MISSING[dataset]) + "\n"
+        rates = list(REPORTED_MISSING[dataset])
+        rows = []
         for variant, by_data in REPORTED_COMPLETE.items():
             acc, f1 = by_data[dataset]
             missing = [f"{a:.1f} / {b:.1f}" for a, b in REPORTED_MISSING[dataset].values()] \
-                if variant == "alignmamba" else ["—"] * len(REPORTED_MISSING[dataset])
-            label = "alignmamba" if variant == "alignmamba" else f"alignmamba[{variant}]"
-            text += f"| {label} (reported in the paper) | {acc:.1f} / {f1:.1f} | " + " | ".join(missing) + " |\n"
+                if variant == "alignmamba" else [None] * len(rates)
+            rows.append((model_label("alignmamba", "" if variant == "alignmamba" else variant), f"{acc:.1f} / {f1:.1f}",
+                         missing))
+        tables.append((dataset, rates, rows))
+    return tables
+
+
+def paper_reference(summary: pd.DataFrame) -> str:
+    """Markdown: the paper's published AlignMamba numbers for the datasets present, in their own
+    section (never mixed with the measured rows)."""
+    from .paper import REPORTED_NOTE
+    tables = reported_tables(summary)
+    if not tables:
+        return ""
+    text = f"\n## Reference: {REPORTED_NOTE}\n\n"
+    for dataset, rates, rows in tables:
+        text += f"### {dataset.upper()}: Table 3 (complete modalities) and Table 1 (missing rates, IMDer's protocol)\n\n"
+        text += "| Model | complete | " + " | ".join(f"MR {r:g}" for r in rates) + " |\n"
+        text += "|---|---|" + "---|" * len(rates) + "\n"
+        for label, complete, missing in rows:
+            text += f"| {label} (reported in the paper) | {complete} | " + " | ".join(m or "—" for m in missing) + " |\n"
         text += "\n"
     return text
 
@@ -341,10 +368,9 @@ def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), pa
     forms asked for. -> {what: path}, plus "notes": things the reader should know."""
     from . import publish
     res_dir = Path(res_dir)
-    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows)
-    store = ResultStore(res_dir)
-    summary = summary_table(store.records(), store.oracles())
-    sig = significance(store.records(), metric)
+    tables = _tables(res_dir, metric)
+    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows, tables=tables)
+    _, summary, sig = tables
     figures, notes = publish.robustness_figures(summary, res_dir / "figures", metric)
     paths.update({f"figure{i + 1}": p for i, p in enumerate(figures)})
     if "latex" in formats:

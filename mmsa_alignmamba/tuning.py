@@ -150,6 +150,8 @@ def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: in
 
 def _write_outputs(grid, model, dataset, key, mode, out_dir: Path, scheduler: str) -> dict:
     import pandas as pd
+
+    from .report import write_csv
     rows = []
     for result in grid:
         history = result.metrics_dataframe
@@ -169,9 +171,7 @@ def _write_outputs(grid, model, dataset, key, mode, out_dir: Path, scheduler: st
     best = {k.split(":", 1)[1]: json.loads(v) for k, v in best_row.items() if k.startswith("param:")}
     paths = {"best": out_dir / "best.json", "trials_csv": out_dir / "trials.csv", "trials_md": out_dir / "trials.md"}
     atomic_write_text(paths["best"], json.dumps({model: {"datasetParams": {dataset: best}}}, indent=2) + "\n")
-    with open(paths["trials_csv"].with_suffix(".tmp"), "w") as f:
-        table.to_csv(f, index=False)
-    paths["trials_csv"].with_suffix(".tmp").replace(paths["trials_csv"])
+    write_csv(table, paths["trials_csv"])
     head = [c for c in table.columns]
     md = [f"# Tuning {model} on {dataset} ({scheduler}; validation {key}, {'lower' if mode == 'min' else 'higher'} is "
           f"better)", "", f"Best: {best_row['best_valid']:.4f} with {json.dumps(best)}; total epochs run: "
