@@ -16,6 +16,7 @@ Entry-point groups (read with importlib.metadata):
 """
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
 import difflib
@@ -24,6 +25,8 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -177,18 +180,22 @@ def _unknown_key(path, where: str, key: str, choices) -> InputError:
     return InputError(f"config file {path}: unknown key {where}.{key}{hint}")
 
 
-def _check_section(user: dict, default: dict, where: str, path, known: set[str]) -> None:
-    """Every key of ``user`` must exist in ``default`` (or ``known``) with a value of the same JSON kind."""
+def _check_section(user: dict, default: dict, where: str, path, known: set[str],
+                   kinds: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Every key of ``user`` must exist in ``default`` (or ``known``) with a value of the same JSON
+    kind, or of one of the kinds ``kinds`` allows for that key (a value that may be a list or a name)."""
+    kinds = kinds or {}
     for key, value in user.items():
         if key not in default and key not in known:
             raise _unknown_key(path, where, key, set(default) | known)
         if key not in default:
             continue
         expected = default[key]
+        allowed = kinds.get(key, (_json_kind(expected),))
         if isinstance(expected, dict) and isinstance(value, dict):
             _check_section(value, expected, f"{where}.{key}", path, set())
-        elif expected is not None and value is not None and _json_kind(value) != _json_kind(expected):
-            raise InputError(f"config file {path}: {where}.{key} must be {_json_kind(expected)} "
+        elif expected is not None and value is not None and _json_kind(value) not in allowed:
+            raise InputError(f"config file {path}: {where}.{key} must be {' or '.join(allowed)} "
                              f"(like the default {json.dumps(expected)}), got {json.dumps(value)}")
 
 
@@ -203,7 +210,8 @@ def _merge(default: dict, user: dict) -> dict:
 
 def _check_user_config(user: dict, default: dict, path) -> None:
     """Keys and value kinds of a user config against the defaults. A model section may hold any key
-    its model declares (``config_keys`` on a plugin's model entry point) besides the default ones."""
+    its model declares (``config_keys`` on a plugin's model entry point) besides the default ones,
+    and a key may take any JSON kind its model lists for it (``config_kinds``, e.g. a list or a name)."""
     for name, section in user.items():
         if name not in default:
             continue  # a section for a model that has no defaults here: MMSA reads it as it is
@@ -211,6 +219,7 @@ def _check_user_config(user: dict, default: dict, path) -> None:
             raise InputError(f"config file {path}: {name} must be an object, got {json.dumps(section)}")
         plugin = plugins().get(name)
         known = set(getattr(plugin.model, "config_keys", ())) if plugin else set()
+        kinds = dict(getattr(plugin.model, "config_kinds", {})) if plugin else {}
         if name == "datasetCommonParams":
             _check_section(section, default[name], name, path, set())
             continue
@@ -221,17 +230,28 @@ def _check_user_config(user: dict, default: dict, path) -> None:
                 for dataset, values in params.items():
                     defaults = default[name][part].get(dataset, {})
                     _check_section(values, defaults, f"{name}.{part}.{dataset}", path,
-                                   known | set(default[name].get("commonParams", {})))
+                                   known | set(default[name].get("commonParams", {})), kinds)
             else:
                 _check_section(params, default[name][part], f"{name}.{part}", path,
-                               known | {k for d in default[name].get("datasetParams", {}).values() for k in d})
+                               known | {k for d in default[name].get("datasetParams", {}).values() for k in d},
+                               kinds if part == "commonParams" else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _config_dir() -> Path:
+    """One temporary folder per process for the configs handed to MMSA, removed when the process
+    that made it exits (not by a forked child, which shares the path)."""
+    path = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_"))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+    return path
 
 
 @functools.lru_cache(maxsize=None)
 def _written_config(text: str) -> str:
     """A config's text as a file MMSA can read (one per distinct content, per process)."""
     digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    tmp = Path(tempfile.mkdtemp(prefix="mmsa_alignmamba_cfg_")) / f"config-{digest}.json"
+    tmp = _config_dir() / f"config-{digest}.json"
     tmp.write_text(text)
     return str(tmp)
 

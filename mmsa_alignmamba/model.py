@@ -72,6 +72,8 @@ class AlignMambaConfig:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         self.encoder_kernels = tuple(int(k) for k in self.encoder_kernels)
         self.modalities = tuple(self.modalities)
+        if isinstance(self.mmd_sigmas, (int, float)):
+            self.mmd_sigmas = (self.mmd_sigmas,)
         if not isinstance(self.mmd_sigmas, str):
             self.mmd_sigmas = tuple(float(s) for s in self.mmd_sigmas)
         if isinstance(self.global_alignment, bool):  # the first release's switch
@@ -82,6 +84,9 @@ class AlignMambaConfig:
             (self.ot_reduce in ("sum", "mean"), "ot_reduce must be 'sum' or 'mean'"),
             (self.ot_cost in OT_COSTS, f"ot_cost must be one of {OT_COSTS}"),
             (self.ot_temperature > 0, "ot_temperature must be > 0"),
+            (self.mmd_sigmas == "median" if isinstance(self.mmd_sigmas, str)
+             else bool(self.mmd_sigmas) and min(self.mmd_sigmas) > 0,
+             "mmd_sigmas must be 'median' or positive bandwidths"),
             (self.ot_position_prior >= 0, "ot_position_prior must be >= 0"),
             (self.likelihood_prior_init > 0, "likelihood_prior_init must be > 0"),
             (self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"),
@@ -376,6 +381,9 @@ AlignMambaForMMSA.check_args = AlignMambaConfig.from_mmsa_args
 AlignMambaForMMSA.config_keys = tuple(f.name for f in fields(AlignMambaConfig)) + (
     "align_weight", "plan_weight", "max_epochs", "early_stop", "grad_clip", "lr_schedule", "ema_decay",
     "learning_rate", "weight_decay", "batch_size", "KeyEval")
+# Keys whose value may be of more than one JSON kind (see the field comments of AlignMambaConfig).
+AlignMambaForMMSA.config_kinds = {"mmd_sigmas": ("a list", "a number", "a string"),
+                                  "global_alignment": ("a string", "a boolean")}
 
 
 # The paper's Table 3 ablations (plus language-only, the paper's cosine OT cost and our modality
