@@ -356,14 +356,15 @@ def cmd_tune(args, model: str, settings) -> int:
 
 
 def _tune_on_ray(model, dataset, settings, *, trials, max_epochs, scheduler, cpus_per_run, ray_address,
-                 seed: int = 0, grace_period: int = 1) -> int:
+                 seed: int = 0, grace_period: int = 1, reduction_factor: int = 2) -> int:
     from .tuning import run_tune
     out = Path(settings.res_save_dir) / "tune" / f"{model}-{dataset}-{scheduler}"
     logger.info("tuning %s on %s with Ray Tune: %d trials of at most %d epochs, %s", model, dataset, trials,
                 max_epochs, "ASHA early stopping" if scheduler == "asha" else "no early stopping")
     result = run_tune(model, dataset, settings.feature_path, out, trials=trials, max_epochs=max_epochs,
                       scheduler=scheduler, cpus_per_run=cpus_per_run, ray_address=ray_address,
-                      config_file=settings.config_file, seed=seed, grace_period=grace_period)
+                      config_file=settings.config_file, seed=seed, grace_period=grace_period,
+                      reduction_factor=reduction_factor)
     print(Path(result["paths"]["trials_md"]).read_text())
     print(f"best validation {result['key']}: {result['best_valid']:.4f} ({result['epochs']} epochs over "
           f"{result['trials']} trials)")
@@ -385,6 +386,8 @@ def cmd_tune_command(argv) -> int:
                    help="asha (default): stop poor trials early; none: every trial runs its epochs (random search)")
     p.add_argument("--grace-period", type=int, default=1,
                    help="epochs every trial runs before ASHA may stop it (default 1)")
+    p.add_argument("--reduction-factor", type=int, default=2,
+                   help="ASHA keeps 1 in this many trials at each rung (default 2)")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws of configurations (default 0)")
     _add_data_options(p)
     _add_run_options(p)
@@ -392,9 +395,10 @@ def cmd_tune_command(argv) -> int:
     model = host.check_model_name(args.model)
     setup_logging(args.verbose)
     check_options(args)
-    for flag, value in (("--trials", args.trials), ("--max-epochs", args.max_epochs), ("--grace-period", args.grace_period)):
-        if value < 1:
-            raise InputError(f"{flag} must be >= 1, got {value}")
+    for flag, value, least in (("--trials", args.trials, 1), ("--max-epochs", args.max_epochs, 1),
+                               ("--grace-period", args.grace_period, 1), ("--reduction-factor", args.reduction_factor, 2)):
+        if value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
     from .executors import import_ray
     import_ray("mmsa tune")
     choice = prepare_data(args, model)
@@ -403,7 +407,8 @@ def cmd_tune_command(argv) -> int:
     add_log_file(settings.log_dir, f"tune-{model}-{args.dataset}")
     return _tune_on_ray(model, args.dataset, settings, trials=args.trials, max_epochs=args.max_epochs,
                         scheduler=args.scheduler, cpus_per_run=args.cpus_per_run or 1, ray_address=args.ray_address,
-                        seed=args.search_seed, grace_period=args.grace_period)
+                        seed=args.search_seed, grace_period=args.grace_period,
+                        reduction_factor=args.reduction_factor)
 
 
 def cmd_models(argv) -> int:

@@ -106,10 +106,11 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
 
 def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: int, max_epochs: int,
              scheduler: str = "asha", cpus_per_run: int = 1, ray_address: str | None = None,
-             config_file: str | None = None, seed: int = 0, grace_period: int = 1) -> dict:
+             config_file: str | None = None, seed: int = 0, grace_period: int = 1,
+             reduction_factor: int = 2) -> dict:
     """Search ``trials`` configurations (random draws from the search space, ``seed``-fixed) with
-    at most ``max_epochs`` each; ASHA (halving, reduction factor 2) lets every trial run
-    ``grace_period`` epochs before it may stop it. -> {"best": {...}, "paths": {...}, "epochs": …}."""
+    at most ``max_epochs`` each; ASHA lets every trial run ``grace_period`` epochs before it may
+    stop it, and keeps one in ``reduction_factor`` trials at each rung. -> {"best": {...}, "paths": {...}, "epochs": …}."""
     import os
 
     import ray
@@ -133,7 +134,7 @@ def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: in
                                  max_epochs=max_epochs, cpus=cpus_per_run),
             {"cpu": cpus_per_run})
         schedule = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace_period, max_epochs),
-                                 reduction_factor=2) \
+                                 reduction_factor=reduction_factor) \
             if scheduler == "asha" else None
         tuner = tune.Tuner(
             trainable, param_space=search_space(model, dataset),

@@ -161,6 +161,15 @@ def test_tune_on_ray_writes_a_config_mmsa_accepts(short_pkl, tmp_path):
     assert config["learning_rate"] == best["learning_rate"] and config["hidden_dims"] == best["hidden_dims"]
 
 
+@pytest.mark.parametrize("flag, value, least", [("--reduction-factor", "1", 2), ("--grace-period", "0", 1)])
+def test_tune_options_out_of_range_are_one_error_line(tmp_path, short_pkl, capsys, flag, value, least):
+    from conftest import run_cli
+    rc, _, err = run_cli(["tune", "-m", "lf_dnn", "--feature-path", short_pkl, flag, value,
+                          "--res-save-dir", tmp_path / "r"], capsys)
+    assert rc == 2 and err.strip().splitlines()[-1] == f"mmsa: error: {flag} must be >= {least}, got {value}"
+    assert not (tmp_path / "r").exists()
+
+
 def test_executor_ray_without_ray_is_one_error_line(tmp_path, short_pkl, monkeypatch, capsys):
     from conftest import run_cli
     monkeypatch.setitem(sys.modules, "ray", None)             # as if the extra were not installed
