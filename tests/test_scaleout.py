@@ -161,6 +161,45 @@ def test_tune_on_ray_writes_a_config_mmsa_accepts(short_pkl, tmp_path):
     assert config["learning_rate"] == best["learning_rate"] and config["hidden_dims"] == best["hidden_dims"]
 
 
+def test_a_tune_trial_whose_worker_died_goes_on_from_its_last_checkpoint(short_pkl, tmp_path, monkeypatch):
+    """What Ray Tune hands a restarted trial (FailureConfig retries it): the checkpoint of its last
+    reported epoch. The trial loads those weights and trains only the epochs left, numbering on."""
+    import shutil
+
+    import torch
+    from ray import tune
+
+    from mmsa_alignmamba.tuning import _trial
+    reports, saved = [], tmp_path / "checkpoints"
+
+    def report(metrics, checkpoint=None):
+        reports.append(metrics)
+        with checkpoint.as_directory() as d:  # the trial deletes its folder after reporting: keep a copy
+            shutil.copytree(d, saved / str(metrics["epoch"]), dirs_exist_ok=True)
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    run = dict(model="lf_dnn", dataset="mosi", data=short_pkl.read_bytes(), config_text=None, cpus=1)
+    _trial({}, max_epochs=2, **run)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    first = torch.load(saved / "1" / "model.pth", weights_only=True)
+    assert first["epoch"] == 1
+
+    loaded = []
+    original_load = torch.nn.Module.load_state_dict
+
+    def load_state_dict(module, state, *args, **kwargs):
+        loaded.append(state)
+        return original_load(module, state, *args, **kwargs)
+
+    reports.clear()
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", load_state_dict)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(saved / "1")))
+    _trial({}, max_epochs=3, **run)
+    assert [r["epoch"] for r in reports] == [2, 3]          # epoch 1 is not trained again
+    assert loaded and all(torch.equal(loaded[0][k], v) for k, v in first["weights"].items())
+
+
 @pytest.mark.parametrize("flag, value, least", [("--reduction-factor", "1", 2), ("--grace-period", "0", 1)])
 def test_tune_options_out_of_range_are_one_error_line(tmp_path, short_pkl, capsys, flag, value, least):
     from conftest import run_cli
