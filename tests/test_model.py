@@ -31,7 +31,7 @@ def test_every_variant_runs_forward_and_backward(variant, batch):
     (out["M"].sum() + out["align_loss"]).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    if ABLATIONS[variant].get("global_alignment", "mmd") != "none" and "text" in ABLATIONS[variant].get("modalities", "text") \
+    if ABLATIONS[variant].get("global_alignment", AlignMambaConfig.global_alignment) != "none" and "text" in ABLATIONS[variant].get("modalities", "text") \
             and len(ABLATIONS[variant].get("modalities", "tav")) > 1:
         assert out["align_loss"] > 0
     else:
@@ -91,7 +91,7 @@ def test_missing_modalities_use_learned_embedding_and_language_fallback(batch):
 
 def test_language_missing_for_every_sample_drops_mmd(batch):
     torch.manual_seed(0)
-    model = AlignMamba(small_config())
+    model = AlignMamba(small_config(global_alignment="mmd"))
     present = torch.tensor([[False, True, True]] * B)
     assert model(**batch, modality_mask=present)["align_loss"] == 0
 
@@ -196,7 +196,7 @@ def test_modality_dropout_out_of_range_is_rejected():
 @pytest.mark.parametrize("cost", ["monotone", "mixture"])
 def test_learned_cost_trains_its_alignment_model_and_only_in_training(cost, batch):
     torch.manual_seed(0)
-    model = AlignMamba(small_config(ot_cost=cost))
+    model = AlignMamba(small_config(ot_cost=cost, global_alignment="mmd"))
     out = model(**batch)
     assert out["plan_loss"] > 0 and out["align_loss"] > 0
     out["plan_loss"].backward()

@@ -26,14 +26,14 @@ def alignmamba_args(data_path, tmp_path, **overrides):
 
 
 def test_train_saves_best_checkpoint_and_test_reports_mmsa_metrics(tiny_mosi, tmp_path):
-    args = alignmamba_args(tiny_mosi, tmp_path)
+    args = alignmamba_args(tiny_mosi, tmp_path, global_alignment="mmd")
     host.setup_seed(1)
     loaders = host.build_dataloaders(args, 0)
     model = host.build_model(args)
     trainer = host.build_trainer(args)
     history = trainer.do_train(model, loaders, return_epoch_results=True)
     assert len(history["train"]) == 2 and {"TaskLoss", "AlignLoss"} <= set(history["train"][0])
-    assert history["train"][0]["AlignLoss"] > 0, "the MMD term must be part of training"
+    assert history["train"][0]["AlignLoss"] > 0, "the MMD term, when on, must be part of training"
     assert (tmp_path / "best.pth").is_file()
     checkpoints.load_weights_into(model, tmp_path / "best.pth")
     results = trainer.do_test(model, loaders["test"], mode="TEST")
@@ -66,7 +66,7 @@ def test_align_weight_zero_trains_on_the_task_loss_only(tiny_mosi, tmp_path):
     """λ enters the loss: with λ = 0 the trained weights differ from λ = 0.1 (same seed)."""
     weights = []
     for i, weight in enumerate((0.0, 0.1)):
-        args = alignmamba_args(tiny_mosi, tmp_path, align_weight=weight, max_epochs=1,
+        args = alignmamba_args(tiny_mosi, tmp_path, align_weight=weight, global_alignment="mmd", max_epochs=1,
                                model_save_path=tmp_path / f"w{i}.pth")
         host.setup_seed(1)
         model = host.build_model(args)

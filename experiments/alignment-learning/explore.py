@@ -23,7 +23,8 @@ from mmsa_alignmamba.settings import RunSettings
 from mmsa_alignmamba.synthetic import data_tag, read_metadata
 
 # Each setting spells out every key it depends on, so it means the same whatever the defaults.
-PAPER = {"ot_cost": "cosine", "ot_reduce": "sum", "final_norm": True, "plan_weight": 0.0}
+PAPER = {"ot_cost": "cosine", "ot_reduce": "sum", "final_norm": True, "plan_weight": 0.0,
+         "global_alignment": "mmd", "mmd_sigmas": [0.5, 1.0, 2.0], "align_weight": 0.1}
 FUSION = {"final_norm": False}                       # without the per-step LayerNorm before pooling
 MEAN = {"ot_reduce": "mean"}
 SETTINGS: dict[str, dict] = {
@@ -45,6 +46,14 @@ SETTINGS: dict[str, dict] = {
     # the plan replaced by the TRUE frame->word map (an experiment-only patch, see use_true_plan)
     "true_plan": {**PAPER, **MEAN},
     "true_plan_nonorm": {**PAPER, **MEAN, **FUSION},
+    # the MMD term (§5 of the README): the defaults of the learned-cost model, MMD off, or MMD with
+    # the bandwidth at each sample's median distance (λ 0.1 and 0.5)
+    "joint_monotone_no_mmd": {**PAPER, **MEAN, **FUSION, "ot_cost": "monotone", "plan_weight": 1.0,
+                              "global_alignment": "none"},
+    "joint_monotone_mmd_median": {**PAPER, **MEAN, **FUSION, "ot_cost": "monotone", "plan_weight": 1.0,
+                                  "mmd_sigmas": "median"},
+    "joint_monotone_mmd_median_w05": {**PAPER, **MEAN, **FUSION, "ot_cost": "monotone", "plan_weight": 1.0,
+                                      "mmd_sigmas": "median", "align_weight": 0.5},
 }
 TRUE_PLAN = {"true_plan", "true_plan_nonorm"}
 
