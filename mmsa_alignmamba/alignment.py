@@ -34,9 +34,9 @@ from .components import AlignOptions, ScoreBlock
 from .tracing import compiled, traceable
 
 __all__ = ["OTAlignment", "relaxed_ot_align", "soft_ot_align", "uniform_align", "relaxed_plan", "soft_plan",
-           "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2", "alignment_loss",
-           "ot_local_alignment", "soft_ot_local_alignment", "time_proportional_local_alignment",
-           "mmd_global_alignment", "no_global_alignment"]
+           "FrameEmission", "WordAligner", "monotone_alignment", "position_gap", "plan_hits", "mmd2",
+           "bandwidth_spec", "alignment_loss", "ot_local_alignment", "soft_ot_local_alignment",
+           "time_proportional_local_alignment", "mmd_global_alignment", "no_global_alignment"]
 
 #: ``sigmas`` of :func:`mmd2`: one bandwidth, several (their kernels are averaged), or "median".
 SigmaSpec = Union[float, Sequence[float], str]
@@ -992,9 +992,8 @@ def _bandwidths(
 ) -> Tensor:
     """(B, S) bandwidths: the given σ broadcast over the batch, or the per-sample median."""
     batch, dtype, device = d_xx.shape[0], d_xx.dtype, d_xx.device
-    if isinstance(sigmas, str):
-        if sigmas != "median":
-            raise ValueError(f"sigmas must be a float, a sequence of floats or 'median', got {sigmas!r}")
+    sigmas = bandwidth_spec(sigmas)
+    if sigmas == "median":
         with torch.no_grad():
             pooled = torch.cat([torch.cat([d_xx, d_xy], 2),
                                 torch.cat([d_xy.transpose(1, 2), d_yy], 2)], 1)  # (B, N, N)
@@ -1006,7 +1005,17 @@ def _bandwidths(
             median = dist.nanmedian(dim=1).values  # (B,), NaN where no pair
             usable = valid & (median > 0)  # NaN compares False
             return torch.where(usable, median, torch.ones_like(median))[:, None]
-    values = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
+    return torch.tensor(sigmas, dtype=dtype, device=device).expand(batch, len(sigmas))
+
+
+def bandwidth_spec(sigmas: SigmaSpec) -> str | tuple[float, ...]:
+    """``sigmas`` of :func:`mmd2` in one form: ``"median"``, or a tuple of bandwidths (one float
+    becomes a 1-tuple). ValueError unless they are positive and finite."""
+    if isinstance(sigmas, str):
+        if sigmas != "median":
+            raise ValueError(f"sigmas must be a float, a sequence of floats or 'median', got {sigmas!r}")
+        return sigmas
+    values = (float(sigmas),) if isinstance(sigmas, (int, float)) else tuple(float(s) for s in sigmas)
     if not values or not all(s > 0 and math.isfinite(s) for s in values):
         raise ValueError(f"sigmas must be positive and finite, got {sigmas!r}")
-    return torch.tensor(values, dtype=dtype, device=device).expand(batch, len(values))
+    return values

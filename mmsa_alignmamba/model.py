@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import components
-from .alignment import OTAlignment, WordAligner, uniform_align
+from .alignment import OTAlignment, WordAligner, bandwidth_spec, uniform_align
 from .components import AlignOptions
 from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
@@ -74,10 +74,10 @@ class AlignMambaConfig:
         self.feature_dims = tuple(int(d) for d in self.feature_dims)
         self.encoder_kernels = tuple(int(k) for k in self.encoder_kernels)
         self.modalities = tuple(self.modalities)
-        if isinstance(self.mmd_sigmas, (int, float)):
-            self.mmd_sigmas = (self.mmd_sigmas,)
-        if not isinstance(self.mmd_sigmas, str):
-            self.mmd_sigmas = tuple(float(s) for s in self.mmd_sigmas)
+        try:
+            self.mmd_sigmas, sigmas_ok = bandwidth_spec(self.mmd_sigmas), True
+        except (TypeError, ValueError):
+            sigmas_ok = False
         if isinstance(self.global_alignment, bool):  # the first release's switch
             self.global_alignment = "mmd" if self.global_alignment else "none"
         components.get("local_alignment", self.local_alignment)    # unknown names: one error listing them
@@ -86,9 +86,7 @@ class AlignMambaConfig:
             (self.ot_reduce in ("sum", "mean"), "ot_reduce must be 'sum' or 'mean'"),
             (self.ot_cost in OT_COSTS, f"ot_cost must be one of {OT_COSTS}"),
             (self.ot_temperature > 0, "ot_temperature must be > 0"),
-            (self.mmd_sigmas == "median" if isinstance(self.mmd_sigmas, str)
-             else bool(self.mmd_sigmas) and min(self.mmd_sigmas) > 0,
-             "mmd_sigmas must be 'median' or positive bandwidths"),
+            (sigmas_ok, "mmd_sigmas must be 'median' or positive bandwidths"),
             (self.ot_position_prior >= 0, "ot_position_prior must be >= 0"),
             (self.likelihood_prior_init > 0, "likelihood_prior_init must be > 0"),
             (self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"),
