@@ -216,18 +216,20 @@ def resolve_device(args) -> str:
     return device
 
 
+def check_at_least(*bounds) -> None:
+    """Each (flag, value, least): one error line unless the value is unset (None) or >= least."""
+    for flag, value, least in bounds:
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
+
+
 def check_options(args) -> None:
     """Option checks that need no data, done before anything is read or written: bad values, and
     output directories that could not be created (a file in the way) or written."""
-    for flag, value in (("--epochs", args.epochs), ("--early-stop", args.early_stop), ("-n", args.num_workers)):
-        if value is not None and value < (0 if flag == "-n" else 1):
-            raise InputError(f"{flag} must be {'>= 0' if flag == '-n' else '>= 1'}, got {value}")
+    check_at_least(("--epochs", args.epochs, 1), ("--early-stop", args.early_stop, 1), ("-n", args.num_workers, 0))
     if args.missing_protocol is None and args.missing_rates:
         raise InputError("--missing-rates needs --missing-protocol")
-    if args.cpus_per_run is not None and args.cpus_per_run < 1:
-        raise InputError(f"--cpus-per-run must be >= 1, got {args.cpus_per_run}")
-    if args.gpus_per_run < 0:
-        raise InputError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+    check_at_least(("--cpus-per-run", args.cpus_per_run, 1), ("--gpus-per-run", args.gpus_per_run, 0))
     if args.executor == "ray":
         from .executors import import_ray
         import_ray("--executor ray")
@@ -395,10 +397,8 @@ def cmd_tune_command(argv) -> int:
     model = host.check_model_name(args.model)
     setup_logging(args.verbose)
     check_options(args)
-    for flag, value, least in (("--trials", args.trials, 1), ("--max-epochs", args.max_epochs, 1),
-                               ("--grace-period", args.grace_period, 1), ("--reduction-factor", args.reduction_factor, 2)):
-        if value < least:
-            raise InputError(f"{flag} must be >= {least}, got {value}")
+    check_at_least(("--trials", args.trials, 1), ("--max-epochs", args.max_epochs, 1),
+                   ("--grace-period", args.grace_period, 1), ("--reduction-factor", args.reduction_factor, 2))
     from .executors import import_ray
     import_ray("mmsa tune")
     choice = prepare_data(args, model)
@@ -529,8 +529,7 @@ def cmd_predict(argv) -> int:
     p.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="0 errors, 1 info, 2 debug")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_at_least(("--batch-size", args.batch_size, 1))
     out = Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name")
