@@ -6,8 +6,10 @@ chosen per forward call from the input's device:
 
 * CUDA input and an importable mamba-ssm: its fused ``mamba_inner_fn`` (conv1d + x_proj +
   dt_proj + selective scan + gate + out_proj in one kernel chain) or ``selective_scan_fn``;
-* anything else: a causal depthwise ``F.conv1d``, SiLU and :func:`selective_scan` below, a
-  pure-PyTorch scan with a hand-written backward.
+* anything else: a causal depthwise ``F.conv1d``, SiLU, then the scan: for CPU inference
+  (no gradient wanted) a compiled C kernel that keeps the state in cache (:mod:`scan_kernel`),
+  where it builds; otherwise :func:`selective_scan` below, a pure-PyTorch scan with a
+  hand-written backward.
 
 mamba-ssm is never imported at module import time: every ``mamba_ssm`` import fails without the
 compiled ``selective_scan_cuda`` extension, so it is probed once, lazily, and any failure means
@@ -24,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import scan_kernel
 from .tracing import traceable
 
 __all__ = ["Mamba", "selective_scan", "selective_scan_steps", "mamba_ssm_available"]
@@ -319,8 +322,9 @@ class Mamba(nn.Module):
     """``mamba_ssm.modules.mamba_simple.Mamba``, same arguments, parameters and init.
 
     forward(hidden_states: (b, L, d_model), backend=None) -> (b, L, d_model).  ``backend``:
-    None picks mamba-ssm's fused kernels for CUDA input when they import, else the PyTorch
-    path; "torch" forces the PyTorch path (any device); "mamba_ssm" requires the kernels.
+    None picks mamba-ssm's fused kernels for CUDA input when they import, the CPU scan kernel
+    for CPU inference when it builds, else the PyTorch path; "torch" forces the PyTorch scan
+    (any device); "cpu_kernel" and "mamba_ssm" require theirs.
     ``use_fast_path`` selects mamba-ssm's fully fused ``mamba_inner_fn`` (needs causal-conv1d)
     over its unfused ``selective_scan_fn`` path, as in mamba-ssm.
     """
@@ -400,17 +404,19 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
 
     def forward(self, hidden_states, backend=None):
-        if backend not in (None, "torch", "mamba_ssm"):
-            raise ValueError(f"backend must be None, 'torch' or 'mamba_ssm', got {backend!r}")
-        ops = _mamba_ssm_ops() if backend != "torch" and hidden_states.is_cuda else None
+        if backend not in (None, "torch", "cpu_kernel", "mamba_ssm"):
+            raise ValueError(f"backend must be None, 'torch', 'cpu_kernel' or 'mamba_ssm', got {backend!r}")
+        ops = _mamba_ssm_ops() if backend in (None, "mamba_ssm") and hidden_states.is_cuda else None
         if backend == "mamba_ssm" and ops is None:
             raise RuntimeError("backend='mamba_ssm' needs CUDA input and an importable mamba-ssm")
         if ops is not None:
             return self._forward_mamba_ssm(hidden_states, *ops)
-        return self._forward_torch(hidden_states)
+        return self._forward_torch(hidden_states, kernel=backend)
 
-    def _forward_torch(self, hidden_states):
-        """Causal depthwise conv via F.conv1d, SiLU, :func:`selective_scan`."""
+    def _forward_torch(self, hidden_states, kernel=None):
+        """Causal depthwise conv via F.conv1d, SiLU, then the scan: the C kernel
+        (:mod:`scan_kernel`) for CPU inference where it builds, else :func:`selective_scan`.
+        ``kernel``: None picks; "torch" never uses the kernel; "cpu_kernel" requires it."""
         seqlen = hidden_states.shape[1]
         xz = self.in_proj(hidden_states)  # (b, L, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)
@@ -424,6 +430,13 @@ class Mamba(nn.Module):
         if torch.jit.is_tracing():  # the export path: the same recurrence as a loop that stays dynamic
             y = traceable(selective_scan_steps)(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
                                                 self.D, z.transpose(1, 2), self.dt_proj.bias)
+        elif kernel != "torch" and scan_kernel.kernel_applies(x, dt, A, B, C, z, self.D, self.dt_proj.bias):
+            # time-major in and out: (b, L, d_inner) goes straight to out_proj
+            return self.out_proj(scan_kernel.selective_scan_inference(
+                x.transpose(1, 2), dt, A, B, C, self.D, z, self.dt_proj.bias))
+        elif kernel == "cpu_kernel":
+            raise RuntimeError("backend='cpu_kernel' needs float32 CPU input, no gradient, and a built kernel "
+                               "(see the log for why it is not)")
         else:
             y = selective_scan(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
                                z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)

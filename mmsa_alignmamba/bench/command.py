@@ -31,10 +31,13 @@ QUICK_LENGTHS = (16, 32)
 
 def mamba_backend(device: str) -> str:
     """Which selective-scan implementation AlignMamba's Mamba blocks use on `device`."""
-    from .. import mamba
+    from .. import mamba, scan_kernel
     if str(device).startswith("cuda") and mamba.mamba_ssm_available():
         return "mamba-ssm CUDA kernels (mamba_inner_fn / selective_scan_fn)"
-    return "mmsa_alignmamba.mamba.selective_scan (pure PyTorch chunked scan, custom backward)"
+    training = "mmsa_alignmamba.mamba.selective_scan (pure PyTorch chunked scan, custom backward)"
+    if scan_kernel.kernel_available():
+        return f"inference: the compiled C scan (mmsa_alignmamba/scan_kernel.c); training: {training}"
+    return training
 
 
 def machine_info(device: str, threads: int | None = None) -> dict:

@@ -1,0 +1,125 @@
+"""The C scan kernel for CPU inference: the same function as the PyTorch scan, whatever the
+thread count; used only where no gradient is wanted; a clean fallback where it cannot build;
+and a build that leaves the process's floating-point mode alone."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+from mmsa_alignmamba import scan_kernel
+from mmsa_alignmamba.mamba import Mamba
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in (os.environ.get("CC") or "", sysconfig.get_config_var("CC") or "", "cc") if c),
+    reason="no C compiler on this machine: the kernel cannot build, inference runs the PyTorch scan")
+
+
+@pytest.fixture
+def fresh_kernel():
+    """Forget the loaded kernel before and after, so the test decides how it is built."""
+    scan_kernel._kernel.cache_clear()
+    yield
+    scan_kernel._kernel.cache_clear()
+
+
+def _block(d_model, d_state, seed=0):
+    torch.manual_seed(seed)
+    m = Mamba(d_model=d_model, d_state=d_state).eval()
+    with torch.no_grad():  # non-trivial D and conv bias, so every term of the output matters
+        m.D.normal_()
+        m.conv1d.bias.normal_()
+    return m
+
+
+@pytest.mark.parametrize("batch, length, d_model, d_state", [
+    (1, 1, 8, 16), (3, 37, 40, 4), (2, 300, 64, 16), (1, 20, 160, 8),   # d_inner 80: not whole vectors; 320: two channel blocks
+])
+def test_kernel_computes_the_pytorch_scan(batch, length, d_model, d_state):
+    assert scan_kernel.kernel_available()
+    m = _block(d_model, d_state)
+    x = torch.randn(batch, length, d_model)
+    with torch.no_grad():
+        want, got, chosen = m(x, backend="torch"), m(x, backend="cpu_kernel"), m(x)
+    assert torch.equal(chosen, got)                 # inference picks the kernel by itself
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale, (got - want).abs().max() / scale
+
+
+def test_inference_takes_the_kernel_and_training_does_not(monkeypatch):
+    m = _block(16, 8)
+    x = torch.randn(2, 30, 16)
+    calls = []
+    real = scan_kernel.selective_scan_inference
+    monkeypatch.setattr(scan_kernel, "selective_scan_inference", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        m(x)
+    assert calls == [1]
+    y = m(x)                                    # gradients wanted: the PyTorch scan and its backward
+    assert calls == [1] and y.requires_grad
+    y.sum().backward()
+    assert m.A_log.grad is not None
+    with pytest.raises(RuntimeError, match="cpu_kernel"):
+        m(x, backend="cpu_kernel")
+
+
+def test_the_thread_split_does_not_change_a_bit(monkeypatch):
+    """However the (batch, channel) grid is cut across threads, each output element is computed
+    the same way. (PyTorch's own elementwise ops around the kernel may differ in the last bit
+    between thread counts, so torch's pool stays as it is; only the kernel's split varies.)"""
+    m = _block(64, 16)
+    for batch in (1, 3, 5):                      # channel split, both, batch split
+        x = torch.randn(batch, 2048 // batch, 64)  # over PARALLEL_MIN_UPDATES: threads take part
+        results = []
+        for threads in (1, 2, 3, 4):
+            monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+            with torch.no_grad():
+                results.append(m(x, backend="cpu_kernel"))
+        assert all(torch.equal(results[0], r) for r in results[1:]), batch
+
+
+@pytest.mark.parametrize("setting", ["no compiler", "switched off"])
+def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkeypatch, caplog, tmp_path, setting):
+    if setting == "no compiler":
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+        monkeypatch.setattr(sysconfig, "get_config_var", lambda name: None)
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+    else:
+        monkeypatch.setenv(scan_kernel.ENABLE_VARIABLE, "0")
+    m = _block(16, 8)
+    x = torch.randn(2, 10, 16)
+    with caplog.at_level(logging.INFO, logger="mmsa_alignmamba"), torch.no_grad():
+        got = m(x)
+        want = m(x, backend="torch")
+    assert not scan_kernel.kernel_available()
+    assert torch.equal(got, want)
+    assert any("PyTorch scan serves inference" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_build_is_one_log_line_not_an_error(fresh_kernel, monkeypatch, caplog, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: internal error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO, logger="mmsa_alignmamba"):
+        assert not scan_kernel.kernel_available()
+    assert any("internal error" in r.getMessage() for r in caplog.records)
+    assert not list((tmp_path / "cache").rglob("*.so"))          # nothing half-built left in the cache
+
+
+def test_a_fresh_build_keeps_gradual_underflow(tmp_path):
+    """Linking a shared library with -ffast-math (GCC < 13) switches the whole process to
+    flush-to-zero; the kernel is compiled with it but linked without."""
+    code = ("import numpy as np, torch; from mmsa_alignmamba import scan_kernel as k; "
+            "assert k.kernel_available(); "
+            "assert np.float32(1e-38) / np.float32(1e3) > 0, 'subnormals flushed to zero'; "
+            "assert (torch.tensor(1e-38) / 1e3).item() > 0; print(sorted(p.name for p in k._cache_dir().iterdir()))")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("scan_kernel-") == 1 and ".so" in done.stdout
