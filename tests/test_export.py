@@ -1,6 +1,7 @@
 """ONNX export of AlignMamba: one graph for every batch size and length, equal to eager PyTorch."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -42,14 +43,20 @@ def test_onnx_graph_equals_eager_at_every_shape(cost, short_pkl, tmp_path, capsy
     assert [i.name for i in session.get_inputs()] == list(ONNX_INPUTS)
     model, _, info = load_model(checkpoint)
     net = model.Model
+    exact = copy.deepcopy(net).double()
     # batch 1 and larger, lengths shorter and longer than the traced example's, MOSI's own
     for seed, (batch, lengths) in enumerate([(1, (50, 375, 500)), (4, (3, 7, 5)), (1, (1, 2, 1)), (5, (24, 90, 64))]):
         inputs = example_inputs(info.feature_dims, batch, lengths, seed=seed)
         with torch.no_grad():
             expected = net(*inputs)["M"].squeeze(-1).numpy()
+            in_float64 = exact(*(x.double() if x.is_floating_point() else x for x in inputs))["M"].squeeze(-1).numpy()
         (got,) = session.run(None, {name: x.numpy() for name, x in zip(ONNX_INPUTS, inputs)})
         assert got.shape == (batch,)
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        # 1e-4 relative, plus the rounding error eager float32 itself makes: over hundreds of
+        # frames a barely trained model's near-zero score can move by more than 1e-4 of itself
+        # with the order of float32 operations (eager against float64: ~1e-3 at MOSI's shape)
+        rounding = np.abs(expected - in_float64)
+        np.testing.assert_array_less(np.abs(got - expected), 1e-4 * np.abs(expected).max() + 2 * rounding + 1e-7)
 
 
 def test_export_refuses_other_models(tiny_pkl, tmp_path, capsys):
