@@ -6,7 +6,9 @@ what lets it try more in fewer epochs).
     python benchmarks/scaleout.py --out benchmarks/results/cpu-scaleout [--asha-trials 32 --reduction-factor 3]
 
 Writes scaleout.json and scaleout.md (``--parts tune`` runs the search comparison alone; it counts
-epochs, so it needs no idle machine). Wall times are of whole commands (start-up included), one
+epochs, so it needs no idle machine). Each finished search is kept under ``<out>/searches/``, so
+a rerun (another ASHA setting against the same random searches, or after an interruption) does
+not train it again. Wall times are of whole commands (start-up included), one
 after another on an otherwise idle machine; what matters is their ratio.
 """
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> int:
     p.add_argument("--asha-trials", type=int, default=16)
     p.add_argument("--reduction-factor", type=int, default=2)
     p.add_argument("--grace-period", type=int, default=1)
+    p.add_argument("--search-seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the configuration draws; one random search and one ASHA search each")
     p.add_argument("--parts", nargs="+", choices=("sweep", "tune"), default=["sweep", "tune"])
     opts = p.parse_args()
     out = Path(opts.out)
@@ -71,31 +75,54 @@ def main() -> int:
                    f"{s['local_1_thread_s']} s; Ray, 2 workers of 1 thread: {s['ray_2_workers_1_thread_s']} s; ratio "
                    f"**{s['ratio']}**; summaries identical: {s['identical_summary']}."]
     if "tune" in opts.parts:
-        tune = {}
-        for scheduler, trials in (("none", opts.random_trials), ("asha", opts.asha_trials)):
-            started = time.perf_counter()
-            subprocess.run([MMSA, "tune", "-m", opts.tune_model, *data, "--trials", str(trials), "--max-epochs",
-                            str(opts.tune_epochs), "--scheduler", scheduler, "--cpus-per-run", "1",
-                            "--grace-period", str(opts.grace_period), "--reduction-factor", str(opts.reduction_factor),
-                            *dirs(f"tune-{scheduler}")],
-                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            folder = work / f"tune-{scheduler}" / "r" / "tune" / f"{opts.tune_model}-mosi-{scheduler}"
-            with open(folder / "trials.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
-            tune[scheduler] = {"trials": trials, "wall_s": round(time.perf_counter() - started, 1),
-                               "epochs": sum(int(t["epochs"]) for t in rows),
-                               "best_valid": min(float(t["best_valid"]) for t in rows if t["best_valid"])}
+        searches = []
+        for search_seed in opts.search_seeds:
+            tune = {"search_seed": search_seed}
+            for scheduler, trials in (("none", opts.random_trials), ("asha", opts.asha_trials)):
+                name = f"tune-{search_seed}-{scheduler}-{trials}-{opts.tune_epochs}"
+                if scheduler == "asha":
+                    name += f"-g{opts.grace_period}-rf{opts.reduction_factor}"
+                done = out / "searches" / f"{name}.json"   # a finished search is not run again
+                if done.exists():
+                    tune[scheduler] = json.loads(done.read_text())
+                    continue
+                started = time.perf_counter()
+                subprocess.run([MMSA, "tune", "-m", opts.tune_model, *data, "--trials", str(trials), "--max-epochs",
+                                str(opts.tune_epochs), "--scheduler", scheduler, "--cpus-per-run", "1",
+                                "--grace-period", str(opts.grace_period), "--reduction-factor",
+                                str(opts.reduction_factor), "--search-seed", str(search_seed), *dirs(name)],
+                               env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                folder = work / name / "r" / "tune" / f"{opts.tune_model}-mosi-{scheduler}"
+                with open(folder / "trials.csv", newline="") as f:
+                    rows = list(csv.DictReader(f))
+                tune[scheduler] = {"trials": trials, "wall_s": round(time.perf_counter() - started, 1),
+                                   "epochs": sum(int(t["epochs"]) for t in rows),
+                                   "best_valid": min(float(t["best_valid"]) for t in rows if t["best_valid"])}
+                done.parent.mkdir(exist_ok=True)
+                done.write_text(json.dumps(tune[scheduler]) + "\n")
+            tune["epoch_ratio"] = round(tune["asha"]["epochs"] / tune["none"]["epochs"], 3)
+            tune["asha_reaches_random_best"] = tune["asha"]["best_valid"] <= tune["none"]["best_valid"] + 1e-9
+            searches.append(tune)
+            print(json.dumps(tune), flush=True)
         t = report["tune"] = {
-            "model": opts.tune_model, "max_epochs": opts.tune_epochs, "asha_grace_period": opts.grace_period,
-            "asha_reduction_factor": opts.reduction_factor, **tune,
-            "epoch_ratio": round(tune["asha"]["epochs"] / tune["none"]["epochs"], 3),
-            "asha_reaches_random_best": tune["asha"]["best_valid"] <= tune["none"]["best_valid"] + 1e-9}
-        md += ["", f"`mmsa tune -m {t['model']}`, at most {t['max_epochs']} epochs per trial (validation Loss, lower is "
-                   f"better): random search, {t['none']['trials']} trials: {t['none']['epochs']} epochs, best "
-                   f"{t['none']['best_valid']:.4f}; ASHA (grace period {t['asha_grace_period']}, reduction factor "
-                   f"{t['asha_reduction_factor']}), {t['asha']['trials']} trials: {t['asha']['epochs']} epochs, best "
-                   f"{t['asha']['best_valid']:.4f}; epoch ratio **{t['epoch_ratio']}**; ASHA reaches the random "
-                   f"search's best: {t['asha_reaches_random_best']}."]
+            "model": opts.tune_model, "max_epochs": opts.tune_epochs, "random_trials": opts.random_trials,
+            "asha_trials": opts.asha_trials, "asha_grace_period": opts.grace_period,
+            "asha_reduction_factor": opts.reduction_factor, "searches": searches,
+            "epoch_ratio": round(sum(x["asha"]["epochs"] for x in searches)
+                                 / sum(x["none"]["epochs"] for x in searches), 3),
+            "asha_reaches_random_best": sum(x["asha_reaches_random_best"] for x in searches)}
+        md += ["", f"`mmsa tune -m {t['model']}`, at most {t['max_epochs']} epochs per trial (each trial also stops "
+                   f"at the model's own early stopping), validation Loss (lower is better). Random search: "
+                   f"{t['random_trials']} trials; ASHA (grace period {t['asha_grace_period']}, reduction factor "
+                   f"{t['asha_reduction_factor']}): {t['asha_trials']} trials drawn from the same seeded generator "
+                   f"(its first {min(t['random_trials'], t['asha_trials'])} draws are the random search's).", "",
+               "| search seed | random: epochs | random: best | ASHA: epochs | ASHA: best | epoch ratio | "
+               "ASHA reaches the random best |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {x['search_seed']} | {x['none']['epochs']} | {x['none']['best_valid']:.4f} | {x['asha']['epochs']} "
+               f"| {x['asha']['best_valid']:.4f} | {x['epoch_ratio']} | {'yes' if x['asha_reaches_random_best'] else 'no'} |"
+               for x in searches]
+        md += ["", f"Over all searches: ASHA ran **{t['epoch_ratio']}×** the random searches' epochs and reached "
+                   f"their best in **{t['asha_reaches_random_best']} of {len(searches)}**."]
     (out / "scaleout.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "scaleout.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -2,10 +2,12 @@
 
 The search space is the model config's ``debugParams`` (the keys in ``d_paras`` and their
 candidate values), the same one MMSA's own ``-t`` tune mode draws from at random. Each trial is
-one training through the model's own trainer on MMSA's loaders; after every epoch the trainer's
-validation KeyEval is reported to Tune with a checkpoint of the weights, so an early-stopping
+one training through the model's own trainer on MMSA's loaders; after every epoch the trial's best
+validation KeyEval so far is reported to Tune with a checkpoint of the weights, so an early-stopping
 scheduler (ASHA by default) can end poor trials after a few epochs, and a trial whose worker dies
-resumes from its last epoch. The dataset travels to the trials through Ray's object store.
+resumes from its last epoch. Best so far, not the epoch's own score, because that is what the trial
+delivers: MMSA keeps the best validation epoch's weights, so one noisy epoch at a rung should not
+decide a trial's fate. The dataset travels to the trials through Ray's object store.
 
 Outputs, under ``<res-save-dir>/tune/<model>-<dataset>/``: ``best.json``, the best trial's values
 as an MMSA-format config that ``mmsa -c`` accepts (they go to the dataset's ``datasetParams``, which
@@ -75,29 +77,33 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
         loaders = host.build_dataloaders(args, 0)
         net = host.build_model(args)
         trainer = host.build_trainer(args)
-        start_epoch = 0
+        progress = {"epoch": 0, "best": None}
         restored = tune.get_checkpoint()
         if restored is not None:                      # the trial's worker died: go on from its last epoch
             with restored.as_directory() as d:
                 state = torch.load(Path(d) / "model.pth", map_location="cpu", weights_only=True)
                 net.load_state_dict(state["weights"])
-                start_epoch = int(state["epoch"])
+                progress = {"epoch": int(state["epoch"]), "best": state.get("best_valid")}
         key = args["KeyEval"]
+        lower_is_better = key in LOWER_IS_BETTER_KEYS
         evaluate = trainer.do_test
-        epoch = {"n": start_epoch}
 
         def do_test(model_, loader, mode="VAL", **kwargs):
             results = evaluate(model_, loader, mode=mode, **kwargs)
             if str(mode).startswith("VAL"):
-                epoch["n"] += 1
+                value, best = float(results[key]), progress["best"]
+                if best is None or (value < best if lower_is_better else value > best):
+                    progress["best"] = value
+                progress["epoch"] += 1
                 with tempfile.TemporaryDirectory() as d:
-                    torch.save({"weights": model_.state_dict(), "epoch": epoch["n"]}, Path(d) / "model.pth")
-                    tune.report({"valid": float(results[key]), "epoch": epoch["n"]},
+                    torch.save({"weights": model_.state_dict(), "epoch": progress["epoch"],
+                                "best_valid": progress["best"]}, Path(d) / "model.pth")
+                    tune.report({"valid": progress["best"], "epoch_valid": value, "epoch": progress["epoch"]},
                                 checkpoint=tune.Checkpoint.from_directory(d))
             return results
 
         trainer.do_test = do_test
-        budget = max(1, max_epochs - start_epoch)
+        budget = max(1, max_epochs - progress["epoch"])
         try:
             trainer.do_train(net, {**loaders, "train": EpochBudget(loaders["train"], budget)})
         except EpochBudgetReached:

@@ -182,8 +182,10 @@ def test_a_tune_trial_whose_worker_died_goes_on_from_its_last_checkpoint(short_p
     run = dict(model="lf_dnn", dataset="mosi", data=short_pkl.read_bytes(), config_text=None, cpus=1)
     _trial({}, max_epochs=2, **run)
     assert [r["epoch"] for r in reports] == [1, 2]
+    # the scheduler sees the best validation Loss so far (what the trial delivers), not the epoch's
+    assert [r["valid"] for r in reports] == [reports[0]["epoch_valid"], min(r["epoch_valid"] for r in reports)]
     first = torch.load(saved / "1" / "model.pth", weights_only=True)
-    assert first["epoch"] == 1
+    assert first["epoch"] == 1 and first["best_valid"] == reports[0]["valid"]
 
     loaded = []
     original_load = torch.nn.Module.load_state_dict
@@ -197,6 +199,7 @@ def test_a_tune_trial_whose_worker_died_goes_on_from_its_last_checkpoint(short_p
     monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(saved / "1")))
     _trial({}, max_epochs=3, **run)
     assert [r["epoch"] for r in reports] == [2, 3]          # epoch 1 is not trained again
+    assert reports[0]["valid"] == min(first["best_valid"], reports[0]["epoch_valid"])  # its best goes on too
     assert loaded and all(torch.equal(loaded[0][k], v) for k, v in first["weights"].items())
 
 
