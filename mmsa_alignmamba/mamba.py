@@ -6,10 +6,11 @@ chosen per forward call from the input's device:
 
 * CUDA input and an importable mamba-ssm: its fused ``mamba_inner_fn`` (conv1d + x_proj +
   dt_proj + selective scan + gate + out_proj in one kernel chain) or ``selective_scan_fn``;
-* anything else: a causal depthwise ``F.conv1d``, SiLU, then the scan: for CPU inference
-  (no gradient wanted) a compiled C kernel that keeps the state in cache (:mod:`scan_kernel`),
-  where it builds; otherwise :func:`selective_scan` below, a pure-PyTorch scan with a
-  hand-written backward.
+* CPU inference (no gradient wanted): a compiled C kernel for everything between in_proj and
+  out_proj, one time step at a time with the state in cache (:mod:`scan_kernel`), where it
+  builds;
+* anything else: a causal depthwise ``F.conv1d``, SiLU and :func:`selective_scan` below, a
+  pure-PyTorch scan with a hand-written backward.
 
 mamba-ssm is never imported at module import time: every ``mamba_ssm`` import fails without the
 compiled ``selective_scan_cuda`` extension, so it is probed once, lazily, and any failure means
@@ -414,11 +415,22 @@ class Mamba(nn.Module):
         return self._forward_torch(hidden_states, kernel=backend)
 
     def _forward_torch(self, hidden_states, kernel=None):
-        """Causal depthwise conv via F.conv1d, SiLU, then the scan: the C kernel
-        (:mod:`scan_kernel`) for CPU inference where it builds, else :func:`selective_scan`.
+        """in_proj, then for CPU inference the C kernel (:mod:`scan_kernel`: conv, SiLU,
+        projections, scan and gate, step by step), where it builds; otherwise causal depthwise
+        conv via F.conv1d, SiLU and :func:`selective_scan`; then out_proj.
         ``kernel``: None picks; "torch" never uses the kernel; "cpu_kernel" requires it."""
         seqlen = hidden_states.shape[1]
         xz = self.in_proj(hidden_states)  # (b, L, 2 d_inner)
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        weights = [p for p in (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                               self.dt_proj.bias, A, self.D) if p is not None]
+        if kernel != "torch" and not torch.jit.is_tracing() and scan_kernel.kernel_applies(xz, *weights):
+            y = scan_kernel.mamba_inner_inference(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                                  self.dt_proj.weight, self.dt_proj.bias, A, self.D)
+            return self.out_proj(y)  # y: (b, L, d_inner)
+        if kernel == "cpu_kernel":
+            raise RuntimeError("backend='cpu_kernel' needs float32 CPU input, no gradient, and a built kernel "
+                               "(see the log for why it is not)")
         x, z = xz.chunk(2, dim=-1)
         # conv1d pads d_conv - 1 on both sides; keeping the first L outputs makes it causal
         x = self.act(self.conv1d(x.transpose(1, 2))[..., :seqlen])  # (b, d_inner, L)
@@ -426,17 +438,9 @@ class Mamba(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, L, d_inner); bias goes in as delta_bias
         # (b, L, k) tensors go in as (b, k, L) views: the scan's chunking reads them row-wise
-        A = -torch.exp(self.A_log.float())
         if torch.jit.is_tracing():  # the export path: the same recurrence as a loop that stays dynamic
             y = traceable(selective_scan_steps)(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
                                                 self.D, z.transpose(1, 2), self.dt_proj.bias)
-        elif kernel != "torch" and scan_kernel.kernel_applies(x, dt, A, B, C, z, self.D, self.dt_proj.bias):
-            # time-major in and out: (b, L, d_inner) goes straight to out_proj
-            return self.out_proj(scan_kernel.selective_scan_inference(
-                x.transpose(1, 2), dt, A, B, C, self.D, z, self.dt_proj.bias))
-        elif kernel == "cpu_kernel":
-            raise RuntimeError("backend='cpu_kernel' needs float32 CPU input, no gradient, and a built kernel "
-                               "(see the log for why it is not)")
         else:
             y = selective_scan(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
                                z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)

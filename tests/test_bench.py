@@ -172,3 +172,18 @@ def test_shapes_measures_every_model_at_the_real_shapes(tmp_path):
     assert {"alignmamba_vs_transformer", "alignmamba_vs_mult", "alignmamba_vs_lf_dnn", "onnx_vs_eager"} <= set(ratios)
     md = (tmp_path / "bench.md").read_text()
     assert "SIMS (39, 400, 55)" in md and "ONNX Runtime / eager AlignMamba" in md and "RANDOM" in md
+
+
+def test_rounds_combine_into_the_median_and_keep_failures():
+    from mmsa_alignmamba.bench.inference import combine_rounds
+    from mmsa_alignmamba.bench.isolation import OK, TIMEOUT
+
+    def point(model, t, status=OK):
+        return {"model": model, "status": status, "time_s": t, "cpu_time_s": 2 * t, "memory_mb": 10 * t}
+    rounds = [[point("a", 3.0), point("b", 1.0)], [point("a", 1.0), point("b", 1.0, TIMEOUT)],
+              [point("a", 2.0), point("b", 1.0)]]
+    a, b = combine_rounds(rounds)
+    assert a["time_s"] == 2.0 and a["cpu_time_s"] == 4.0 and a["memory_mb"] == 30.0
+    assert a["round_times_s"] == [3.0, 1.0, 2.0]
+    assert b["status"] == TIMEOUT
+    assert combine_rounds(rounds[:1]) == rounds[0]

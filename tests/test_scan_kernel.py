@@ -1,5 +1,5 @@
-"""The C scan kernel for CPU inference: the same function as the PyTorch scan, whatever the
-thread count; used only where no gradient is wanted; a clean fallback where it cannot build;
+"""The C kernel for CPU inference: the same function as the Mamba block's PyTorch path, however
+threads share the work; used only where no gradient is wanted; a clean fallback where it cannot build;
 and a build that leaves the process's floating-point mode alone."""
 import logging
 import os
@@ -27,21 +27,24 @@ def fresh_kernel():
     scan_kernel._kernel.cache_clear()
 
 
-def _block(d_model, d_state, seed=0):
+def _block(d_model, seed=0, **kwargs):
     torch.manual_seed(seed)
-    m = Mamba(d_model=d_model, d_state=d_state).eval()
-    with torch.no_grad():  # non-trivial D and conv bias, so every term of the output matters
-        m.D.normal_()
-        m.conv1d.bias.normal_()
+    m = Mamba(d_model=d_model, **kwargs).eval()
+    with torch.no_grad():  # non-trivial D and biases, so every term of the output matters
+        for p in (m.D, m.conv1d.bias, m.in_proj.bias):
+            if p is not None:
+                p.normal_()
     return m
 
 
-@pytest.mark.parametrize("batch, length, d_model, d_state", [
-    (1, 1, 8, 16), (3, 37, 40, 4), (2, 300, 64, 16), (1, 20, 160, 8),   # d_inner 80: not whole vectors; 320: two channel blocks
+@pytest.mark.parametrize("batch, length, d_model, kwargs", [
+    (1, 1, 8, {}), (3, 37, 40, dict(d_state=4)),          # d_inner 80: not a whole number of vectors
+    (2, 300, 64, {}), (1, 3, 24, dict(d_conv=5)),         # fewer steps than the conv's width
+    (2, 20, 24, dict(d_state=8, d_conv=3, expand=3, dt_rank=5, conv_bias=False, bias=True)),
 ])
-def test_kernel_computes_the_pytorch_scan(batch, length, d_model, d_state):
+def test_kernel_computes_the_pytorch_block(batch, length, d_model, kwargs):
     assert scan_kernel.kernel_available()
-    m = _block(d_model, d_state)
+    m = _block(d_model, **kwargs)
     x = torch.randn(batch, length, d_model)
     with torch.no_grad():
         want, got, chosen = m(x, backend="torch"), m(x, backend="cpu_kernel"), m(x)
@@ -51,11 +54,11 @@ def test_kernel_computes_the_pytorch_scan(batch, length, d_model, d_state):
 
 
 def test_inference_takes_the_kernel_and_training_does_not(monkeypatch):
-    m = _block(16, 8)
+    m = _block(16, d_state=8)
     x = torch.randn(2, 30, 16)
     calls = []
-    real = scan_kernel.selective_scan_inference
-    monkeypatch.setattr(scan_kernel, "selective_scan_inference", lambda *a: calls.append(1) or real(*a))
+    real = scan_kernel.mamba_inner_inference
+    monkeypatch.setattr(scan_kernel, "mamba_inner_inference", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         m(x)
     assert calls == [1]
@@ -68,18 +71,21 @@ def test_inference_takes_the_kernel_and_training_does_not(monkeypatch):
 
 
 def test_the_thread_split_does_not_change_a_bit(monkeypatch):
-    """However the (batch, channel) grid is cut across threads, each output element is computed
-    the same way. (PyTorch's own elementwise ops around the kernel may differ in the last bit
-    between thread counts, so torch's pool stays as it is; only the kernel's split varies.)"""
-    m = _block(64, 16)
-    for batch in (1, 3, 5):                      # channel split, both, batch split
-        x = torch.randn(batch, 2048 // batch, 64)  # over PARALLEL_MIN_UPDATES: threads take part
+    """However the work is shared out across threads (whole samples, or one sample's channels
+    when there are fewer samples than threads), each output is computed the same way.
+    (PyTorch's own operators around the kernel may differ in the last bit between thread
+    counts, so torch's pool stays as it is; only the kernel's split varies.)"""
+    m = _block(72)                                  # d_inner 144: four whole channel blocks and a short one
+    for batch in (1, 2, 3, 5):
+        x = torch.randn(batch, 600 // batch, 72)    # over PARALLEL_MIN_UPDATES: threads take part
         results = []
         for threads in (1, 2, 3, 4):
             monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
             with torch.no_grad():
                 results.append(m(x, backend="cpu_kernel"))
         assert all(torch.equal(results[0], r) for r in results[1:]), batch
+        with torch.no_grad():                       # a sample alone (its channels split) gives its rows of the batch
+            assert torch.equal(m(x[-1:], backend="cpu_kernel"), results[1][-1:])
 
 
 @pytest.mark.parametrize("setting", ["no compiler", "switched off"])
@@ -90,7 +96,7 @@ def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkey
         monkeypatch.setattr(shutil, "which", lambda name: None)
     else:
         monkeypatch.setenv(scan_kernel.ENABLE_VARIABLE, "0")
-    m = _block(16, 8)
+    m = _block(16, d_state=8)
     x = torch.randn(2, 10, 16)
     with caplog.at_level(logging.INFO, logger="mmsa_alignmamba"), torch.no_grad():
         got = m(x)

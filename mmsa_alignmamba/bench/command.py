@@ -13,7 +13,7 @@ from ..datasets import SHAPES
 from ..safeio import InputError, atomic_write_text
 from ..settings import output_root
 from .baselines import BASELINES, MODELS
-from .inference import SHAPE_BATCHES, point_main, run_inference, run_shapes
+from .inference import SHAPE_BATCHES, combine_rounds, point_main, run_inference, run_shapes
 from .isolation import ERROR, proc_kb
 from .kernels import bench_kernels_section, kernels_markdown
 from .render import (
@@ -82,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-batches", nargs="+", type=int, default=list(SHAPE_BATCHES),
                    help=f"batch sizes for --shapes (default {' '.join(map(str, SHAPE_BATCHES))})")
     p.add_argument("--repeats", type=int, help="timed forward passes per point (default 5; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every point this many times, all points once per round, and keep the median "
+                        "over rounds (default 1): steadier ratios on a machine whose speed drifts")
     p.add_argument("--repeat-budget", type=float, default=60.0,
                    help="stop repeating a point once its timed passes took this many seconds (default 60)")
     p.add_argument("--out", help="output folder (default ~/MMSA/bench/<timestamp>)")
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     opts.threads = opts.threads or torch.get_num_threads()
     torch.set_num_threads(opts.threads)  # the training section runs in this process
     bad = [("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1),
-           ("--shape-batches", min(opts.shape_batches), 1)]
+           ("--shape-batches", min(opts.shape_batches), 1), ("--rounds", opts.rounds, 1)]
     for flag, value, low in bad:
         if value < low:
             raise InputError(f"{flag} must be >= {low}, got {value}")
@@ -154,7 +157,8 @@ def main(argv=None) -> int:
     report = {"tool": "mmsa bench", "machine": machine, "command": "mmsa bench " + " ".join(shown),
               "inputs": "RANDOM tensors (inference) / SYNTHETIC MOSI-format data (training): not real data",
               "settings": {"device": opts.device, "lengths": opts.lengths, "batch": opts.batch, "models": opts.models,
-                           "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget, "quick": opts.quick,
+                           "repeats": opts.repeats, "rounds": opts.rounds, "repeat_budget_s": opts.repeat_budget,
+                           "quick": opts.quick,
                            "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb,
                            "threads": opts.threads, "sections": sections, "shapes": opts.shapes,
                            "shape_batches": opts.shape_batches}}
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
     if "inference" in sections:
         log(f"inference: lengths {opts.lengths}, batch {opts.batch}, models {', '.join(opts.models)}, "
             f"each point in a fresh process on {machine['device_label']}")
-        report["points"] = run_inference(opts, log)
+        report["points"] = combine_rounds([run_inference(opts, log) for _ in range(opts.rounds)])
         report["summary"] = summarize(report["points"], opts.lengths, opts.models)
         if any(p["status"] == ERROR for p in report["points"]):
             status = 1
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
     if "shapes" in sections:
         log(f"latency at the real shapes of {', '.join(x.upper() for x in opts.shapes)}, batch "
             f"{' and '.join(map(str, opts.shape_batches))}, models {', '.join(opts.models)}")
-        report["shape_points"] = run_shapes(opts, log)
+        report["shape_points"] = combine_rounds([run_shapes(opts, log) for _ in range(opts.rounds)])
         report["shape_summary"] = shape_ratios(report["shape_points"], opts.models)
         if any(p["status"] == ERROR for p in report["shape_points"]):
             status = 1

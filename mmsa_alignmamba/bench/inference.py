@@ -219,6 +219,29 @@ def run_inference(opts, log) -> list[dict]:
     return points
 
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Points measured in several rounds (every point once per round, in the same order) as one
+    list: a point OK in every round gets the median over rounds of its wall and CPU times, each
+    round's time in ``round_times_s``, and the largest memory; otherwise the first failure.
+    Rounds make ratios robust to a machine whose speed drifts: the two sides of a ratio are
+    measured close together in every round, not once, minutes apart."""
+    if len(rounds) == 1:
+        return rounds[0]
+    combined = []
+    for same in zip(*rounds):
+        failed = next((p for p in same if p["status"] != OK), None)
+        if failed is not None:
+            combined.append(failed)
+            continue
+        point = dict(same[0], round_times_s=[p["time_s"] for p in same])
+        point["time_s"] = statistics.median(point["round_times_s"])
+        if "cpu_time_s" in point:
+            point["cpu_time_s"] = statistics.median(p["cpu_time_s"] for p in same)
+        point["memory_mb"] = max(p["memory_mb"] for p in same)
+        combined.append(point)
+    return combined
+
+
 SHAPE_BATCHES = (1, 32)
 
 

@@ -89,7 +89,7 @@ def inference_markdown(report) -> str:
              f"RANDOM inputs (not real data): batch {s['batch']}, per-modality length L "
              f"(T_a = T_v = T_l = L; text 768 / audio 5 / vision 20 features). Time: median of up to "
              f"{s['repeats']} forward passes (eval, no_grad) after a warm-up pass, each point in a fresh "
-             "process; wall = elapsed time, CPU = the process's CPU time (time.process_time, all threads; with 1 "
+             f"process{_rounds_note(s)}; wall = elapsed time, CPU = the process's CPU time (time.process_time, all threads; with 1 "
              "thread on a shared machine the less noisy of the two). Memory: " + (
                  "increase of the process's resident-set high-water mark over the state after imports, model "
                  "construction and input creation (activations and workspaces of the forward passes; "
@@ -158,6 +158,12 @@ def shape_ratios(points, models) -> list[dict]:
     return rows
 
 
+def _rounds_note(settings) -> str:
+    rounds = settings.get("rounds", 1)
+    return f"; every point measured in {rounds} rounds (all points once per round), the median over rounds" \
+        if rounds > 1 else ""
+
+
 def shapes_markdown(report) -> str:
     m, s = report["machine"], report["settings"]
     points, models = report["shape_points"], s["models"]
@@ -167,7 +173,7 @@ def shapes_markdown(report) -> str:
              "RANDOM inputs (not real data) of each dataset's unaligned shapes and feature widths "
              "(T_l, T_a, T_v; models with MMSA's `need_normalized`, like LF-DNN, get audio and vision averaged "
              "over time, as MMSA's loader gives them). Wall time in ms: median of up to "
-             f"{s['repeats']} forward passes after a warm-up, each point in a fresh process.", "",
+             f"{s['repeats']} forward passes after a warm-up, each point in a fresh process{_rounds_note(s)}.", "",
              "| dataset (T_l, T_a, T_v) | batch | " + " | ".join(LABELS[x] for x in models) + " |",
              "|---|---|" + "---|" * len(models)]
     for shape, batch in dict.fromkeys((p["shape"], p["batch"]) for p in points):
