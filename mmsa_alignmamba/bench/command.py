@@ -36,7 +36,8 @@ def mamba_backend(device: str) -> str:
         return "mamba-ssm CUDA kernels (mamba_inner_fn / selective_scan_fn)"
     training = "mmsa_alignmamba.mamba.selective_scan (pure PyTorch chunked scan, custom backward)"
     if scan_kernel.kernel_available():
-        return f"inference: the compiled C scan (mmsa_alignmamba/scan_kernel.c); training: {training}"
+        return (f"inference: the compiled C kernel for the block's inside (mmsa_alignmamba/scan_kernel.c); "
+                f"training: {training}")
     return training
 
 
