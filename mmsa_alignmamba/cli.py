@@ -358,7 +358,7 @@ def cmd_tune(args, model: str, settings) -> int:
 
 
 def _tune_on_ray(model, dataset, settings, *, trials, max_epochs, scheduler, cpus_per_run, ray_address,
-                 seed: int = 0, grace_period: int = 1, reduction_factor: int = 2) -> int:
+                 seed: int = 0, grace_period: int | None = None, reduction_factor: int = 3) -> int:
     from .tuning import run_tune
     out = Path(settings.res_save_dir) / "tune" / f"{model}-{dataset}-{scheduler}"
     logger.info("tuning %s on %s with Ray Tune: %d trials of at most %d epochs, %s", model, dataset, trials,
@@ -386,10 +386,11 @@ def cmd_tune_command(argv) -> int:
     p.add_argument("--max-epochs", type=int, default=20, help="epochs per trial at most (default 20)")
     p.add_argument("--scheduler", default="asha", choices=("asha", "none"),
                    help="asha (default): stop poor trials early; none: every trial runs its epochs (random search)")
-    p.add_argument("--grace-period", type=int, default=1,
-                   help="epochs every trial runs before ASHA may stop it (default 1)")
-    p.add_argument("--reduction-factor", type=int, default=2,
-                   help="ASHA keeps 1 in this many trials at each rung (default 2)")
+    p.add_argument("--grace-period", type=int,
+                   help="epochs every trial runs before ASHA may stop it (default: max-epochs / reduction-factor², "
+                        "at least 1, so that there are three rungs)")
+    p.add_argument("--reduction-factor", type=int, default=3,
+                   help="ASHA keeps 1 in this many trials at each rung (default 3)")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws of configurations (default 0)")
     _add_data_options(p)
     _add_run_options(p)

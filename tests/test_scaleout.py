@@ -255,3 +255,10 @@ def test_a_failed_training_is_recorded_and_the_rest_goes_on(tiny_pkl, tmp_path, 
     assert rc == 0, err
     assert not list((tmp_path / "r" / "failed").rglob("*.json"))
     assert "Runs that did not finish" not in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_asha_default_grace_period_gives_three_rungs():
+    from mmsa_alignmamba.tuning import default_grace_period
+    assert default_grace_period(40, 3) == 4          # rungs at 4, 12, 36
+    assert default_grace_period(20, 3) == 2 and default_grace_period(20, 2) == 5
+    assert default_grace_period(2, 3) == 1           # never below one epoch
