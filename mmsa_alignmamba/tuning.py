@@ -126,8 +126,8 @@ def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: in
     Default grace period: ``max_epochs / reduction_factor²``, so that the rungs are at g, 3g and
     9g ≈ max_epochs (with the default factor 3), as in Hyperband's most aggressive bracket. A
     first rung at epoch 1 or 2 ranks noise: on the benchmark's data every configuration's
-    validation loss is still within a few hundredths of the mean predictor's there
-    (`benchmarks/README.md`, scale-out)."""
+    validation loss is still close to the mean predictor's there (`benchmarks/README.md`,
+    scale-out)."""
     if grace_period is None:
         grace_period = default_grace_period(max_epochs, reduction_factor)
     import os
