@@ -187,3 +187,27 @@ def test_rounds_combine_into_the_median_and_keep_failures():
     assert a["round_times_s"] == [3.0, 1.0, 2.0]
     assert b["status"] == TIMEOUT
     assert combine_rounds(rounds[:1]) == rounds[0]
+
+
+def test_alternate_times_models_side_by_side_in_one_process(tmp_path):
+    """`--alternate`: at each shape the named models share one process and take turns, so both
+    sides of a ratio are measured over the same seconds."""
+    code = mmsa_main(["bench", "--shapes", "sims", "--shape-batches", "1", "--models", "lf_dnn", "--repeats", "3",
+                      "--threads", "1", "--alternate", "alignmamba", "transformer", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (record,) = report["alternated"]
+    assert record["status"] == "ok" and (record["shape"], record["batch"]) == ("sims", 1)
+    for model in ("alignmamba", "transformer"):
+        timed = record["alternated"][model]
+        assert len(timed["times_s"]) == 3 and timed["time_s"] > 0
+        assert timed["time_s"] == pytest.approx(sorted(timed["times_s"])[1], abs=1e-6)   # the median
+    md = (tmp_path / "bench.md").read_text()
+    assert "Alternated in one process" in md and "AlignMamba / Transformer fusion" in md
+
+
+def test_alternate_needs_shapes_and_two_models(tmp_path, capsys):
+    from conftest import run_cli
+    rc, _, err = run_cli(["bench", "--alternate", "alignmamba", "transformer", "--out", tmp_path / "b"], capsys)
+    assert rc == 2 and "--alternate needs --shapes" in err
+    assert not (tmp_path / "b").exists()

@@ -13,7 +13,7 @@ from ..datasets import SHAPES
 from ..safeio import InputError, atomic_write_text
 from ..settings import output_root
 from .baselines import BASELINES, MODELS
-from .inference import SHAPE_BATCHES, combine_rounds, point_main, run_inference, run_shapes
+from .inference import SHAPE_BATCHES, combine_rounds, point_main, run_alternated_shapes, run_inference, run_shapes
 from .isolation import ERROR, proc_kb
 from .kernels import bench_kernels_section, kernels_markdown
 from .render import (
@@ -83,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-batches", nargs="+", type=int, default=list(SHAPE_BATCHES),
                    help=f"batch sizes for --shapes (default {' '.join(map(str, SHAPE_BATCHES))})")
     p.add_argument("--repeats", type=int, help="timed forward passes per point (default 5; 1 with --quick)")
+    p.add_argument("--alternate", nargs="+", choices=list(BASELINES), metavar="MODEL",
+                   help="with --shapes: also time these models (two or more) at each shape in one process, one "
+                        "pass of each in turn, --repeats times; the first over each other, measured over the same "
+                        "seconds")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every point this many times, all points once per round, and keep the median "
                         "over rounds (default 1): steadier ratios on a machine whose speed drifts")
@@ -132,6 +136,8 @@ def main(argv=None) -> int:
     for flag, value, low in bad:
         if value < low:
             raise InputError(f"{flag} must be >= {low}, got {value}")
+    if opts.alternate and (not opts.shapes or len(set(opts.alternate)) < 2):
+        raise InputError("--alternate needs --shapes and two or more different models")
     if opts.time_limit <= 0:
         raise InputError(f"--time-limit must be > 0, got {opts.time_limit}")
     if opts.memory_limit_gb is None and opts.device == "cpu":
@@ -162,7 +168,7 @@ def main(argv=None) -> int:
                            "quick": opts.quick,
                            "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb,
                            "threads": opts.threads, "sections": sections, "shapes": opts.shapes,
-                           "shape_batches": opts.shape_batches}}
+                           "shape_batches": opts.shape_batches, "alternate": opts.alternate}}
     log(f"mmsa bench on {machine['device_label']}, torch {machine['torch']}, Mamba backend: {machine['mamba_backend']}")
     log("inputs are RANDOM (inference) / SYNTHETIC (training), not real data")
     status = 0
@@ -180,7 +186,10 @@ def main(argv=None) -> int:
             f"{' and '.join(map(str, opts.shape_batches))}, models {', '.join(opts.models)}")
         report["shape_points"] = combine_rounds([run_shapes(opts, log) for _ in range(opts.rounds)])
         report["shape_summary"] = shape_ratios(report["shape_points"], opts.models)
-        if any(p["status"] == ERROR for p in report["shape_points"]):
+        if opts.alternate:
+            log(f"the same shapes, {', '.join(opts.alternate)} alternated in one process")
+            report["alternated"] = run_alternated_shapes(opts, log)
+        if any(p["status"] == ERROR for p in report["shape_points"] + report.get("alternated", [])):
             status = 1
         md_parts.append(shapes_markdown(report))
     if "train" in sections:

@@ -44,17 +44,11 @@ def run_point(spec: dict, report=None) -> dict:
     device = spec["device"]
     cuda = str(device).startswith("cuda")
     torch.manual_seed(0)
-    dataset = spec.get("dataset", "mosi")
     if "shape" in spec:
         result["shape"] = spec["shape"]
-    args = build_args(spec["model"], device, dataset)
-    model = build_bench_model(spec["model"], args).eval()
-    inputs, extras = random_inputs(spec["model"], spec.get("lengths") or spec["length"], spec["batch"], device,
-                                   dataset=dataset, time_averaged=bool(args.get("need_normalized")))
+    forward, model, inputs = _forward_call(spec["model"], spec)
     result.update(params=sum(p.numel() for p in model.parameters()),
                   param_mb=round(_tensor_mb(list(model.parameters())), 3), input_mb=round(_tensor_mb(inputs), 3))
-    forward = _onnx_forward(model, inputs, extras, spec.get("threads")) if BASELINES[spec["model"]].onnx \
-        else (lambda: model(*inputs, **extras))
     result["setup_s"] = round(time.perf_counter() - started, 3)
 
     def sync():
@@ -130,6 +124,43 @@ def run_point(spec: dict, report=None) -> dict:
     return result
 
 
+def _forward_call(name: str, spec: dict):
+    """(forward, model, inputs): benchmark model `name` built at spec's dataset and shape, and a
+    call that runs one pass on its random inputs (in ONNX Runtime for the ONNX entry)."""
+    dataset, device = spec.get("dataset", "mosi"), spec["device"]
+    args = build_args(name, device, dataset)
+    model = build_bench_model(name, args).eval()
+    inputs, extras = random_inputs(name, spec.get("lengths") or spec["length"], spec["batch"], device,
+                                   dataset=dataset, time_averaged=bool(args.get("need_normalized")))
+    forward = _onnx_forward(model, inputs, extras, spec.get("threads")) if BASELINES[name].onnx \
+        else (lambda: model(*inputs, **extras))
+    return forward, model, inputs
+
+
+def run_alternated(spec: dict, report=None) -> dict:
+    """The models in spec["models"] at one shape in this process, one pass of each in turn,
+    spec["repeats"] times after a warm-up pass each: their medians are measured over the same
+    seconds, so a machine whose speed drifts moves both sides of a ratio alike. Time only (the
+    processes' memory is shared). CPU only (no synchronisation)."""
+    import torch
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    forwards = {name: _forward_call(name, spec)[0] for name in spec["models"]}
+    times = {name: [] for name in forwards}
+    with torch.no_grad():
+        for forward in forwards.values():
+            forward()
+        for _ in range(int(spec["repeats"])):
+            for name, forward in forwards.items():
+                t0 = time.perf_counter()
+                forward()
+                times[name].append(time.perf_counter() - t0)
+    return {"model": spec["model"], "length": spec["length"], "batch": spec["batch"], "shape": spec["shape"],
+            "status": OK, "alternated": {name: {"time_s": statistics.median(t), "times_s": [round(x, 6) for x in t]}
+                                         for name, t in times.items()}}
+
+
 def _onnx_forward(model, inputs, extras, threads):
     """Export ``model`` (AlignMamba in MMSA's AMIO) to ONNX in a temporary folder and return a
     call that runs it in ONNX Runtime on the same inputs; the export is setup, not measured."""
@@ -165,11 +196,11 @@ def point_main(spec_json: str) -> int:
     return 0
 
 
-def _point_child(spec: dict, conn) -> None:
+def _point_child(spec: dict, conn, run=run_point) -> None:
     """Entry point of a point's process under multiprocessing: the record goes back on `conn`."""
     die_with_parent()
     try:
-        result = run_point(spec, report=conn.send)
+        result = run(spec, report=conn.send)
     except BaseException as e:  # noqa: BLE001
         result = failed_record(spec, e)
     try:
@@ -243,6 +274,30 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
 
 
 SHAPE_BATCHES = (1, 32)
+
+
+def _alternated_child(spec: dict, conn) -> None:
+    _point_child(spec, conn, run=run_alternated)
+
+
+def run_alternated_shapes(opts, log) -> list[dict]:
+    """``--alternate``: at each dataset's shapes and batch size, the chosen models in one fresh
+    process with their passes alternated (:func:`run_alternated`)."""
+    from ..datasets import SHAPES
+    records = []
+    for dataset in opts.shapes:
+        lengths = list(SHAPES[dataset]["seq_lens"]["unaligned"])
+        for batch in opts.shape_batches:
+            spec = {"model": "+".join(opts.alternate), "models": opts.alternate, "length": max(lengths),
+                    "lengths": lengths, "dataset": dataset, "shape": dataset, "batch": batch, "device": opts.device,
+                    "threads": opts.threads, "repeats": opts.repeats, "time_limit_s": opts.time_limit}
+            record = measure_point(spec, _alternated_child)
+            record.update(shape=dataset, lengths=lengths, batch=batch)
+            records.append(record)
+            log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} alternated: " + (
+                ", ".join(f"{BASELINES[m].label} {r['time_s'] * 1e3:.1f} ms" for m, r in record["alternated"].items())
+                if record["status"] == OK else f"{record['status'].upper()}: {record.get('error', '')[:200]}"))
+    return records
 
 
 def run_shapes(opts, log) -> list[dict]:

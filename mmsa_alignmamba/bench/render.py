@@ -194,7 +194,29 @@ def shapes_markdown(report) -> str:
         lines += ["", "Points that did not complete:"] + [
             f"- {LABELS[p['model']]} at {p['shape'].upper()} batch {p['batch']}: {p['status']} — {p.get('error', '')}"
             for p in failures]
+    if report.get("alternated"):
+        lines += ["", *_alternated_lines(report["alternated"], s)]
     return "\n".join(lines) + "\n"
+
+
+def _alternated_lines(records, settings) -> list[str]:
+    """``--alternate``: each shape's models in one process, passes alternated; the first over each other."""
+    models = settings["alternate"]
+    first = models[0]
+    lines = [f"Alternated in one process (`--alternate`): one pass of each model in turn, {settings['repeats']} "
+             "times after a warm-up pass each, median wall time in ms; the two sides of each ratio are measured over "
+             "the same seconds.", "",
+             "| dataset | batch | " + " | ".join(LABELS[m] for m in models) + " | "
+             + " | ".join(f"{LABELS[first]} / {LABELS[m]}" for m in models[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(models) - 1)]
+    for r in records:
+        if r["status"] != OK:
+            lines.append(f"| {r['shape'].upper()} | {r['batch']} | {r['status']}: {r.get('error', '')[:120]} |")
+            continue
+        t = {m: r["alternated"][m]["time_s"] for m in models}
+        lines.append(f"| {r['shape'].upper()} | {r['batch']} | " + " | ".join(_fmt(t[m] * 1e3, ".4g") for m in models)
+                     + " | " + " | ".join(_fmt(t[first] / t[m], ".3f") for m in models[1:]) + " |")
+    return lines
 
 
 def write_plot(path, report, key: str, ylabel: str, title: str) -> None:
