@@ -9,6 +9,7 @@ import platform
 import sys
 from pathlib import Path
 
+from ..cli import check_at_least
 from ..datasets import SHAPES
 from ..safeio import InputError, atomic_write_text
 from ..settings import output_root
@@ -131,11 +132,8 @@ def main(argv=None) -> int:
         opts.train_max_batches = 3
     opts.threads = opts.threads or torch.get_num_threads()
     torch.set_num_threads(opts.threads)  # the training section runs in this process
-    bad = [("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1),
-           ("--shape-batches", min(opts.shape_batches), 1), ("--rounds", opts.rounds, 1)]
-    for flag, value, low in bad:
-        if value < low:
-            raise InputError(f"{flag} must be >= {low}, got {value}")
+    check_at_least(("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1),
+                   ("--shape-batches", min(opts.shape_batches), 1), ("--rounds", opts.rounds, 1))
     if opts.alternate and (not opts.shapes or len(set(opts.alternate)) < 2):
         raise InputError("--alternate needs --shapes and two or more different models")
     if opts.time_limit <= 0:

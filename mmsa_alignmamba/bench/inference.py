@@ -280,43 +280,46 @@ def _alternated_child(spec: dict, conn) -> None:
     _point_child(spec, conn, run=run_alternated)
 
 
-def run_alternated_shapes(opts, log) -> list[dict]:
-    """``--alternate``: at each dataset's shapes and batch size, the chosen models in one fresh
-    process with their passes alternated (:func:`run_alternated`)."""
+def _shape_specs(opts):
+    """(dataset, lengths, batch, spec) for each dataset's real shapes (T_l, T_a, T_v and widths,
+    unaligned) at each batch size: what a point there has in common, whatever it measures."""
     from ..datasets import SHAPES
-    records = []
     for dataset in opts.shapes:
         lengths = list(SHAPES[dataset]["seq_lens"]["unaligned"])
         for batch in opts.shape_batches:
-            spec = {"model": "+".join(opts.alternate), "models": opts.alternate, "length": max(lengths),
-                    "lengths": lengths, "dataset": dataset, "shape": dataset, "batch": batch, "device": opts.device,
-                    "threads": opts.threads, "repeats": opts.repeats, "time_limit_s": opts.time_limit}
-            record = measure_point(spec, _alternated_child)
-            record.update(shape=dataset, lengths=lengths, batch=batch)
-            records.append(record)
-            log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} alternated: " + (
-                ", ".join(f"{BASELINES[m].label} {r['time_s'] * 1e3:.1f} ms" for m, r in record["alternated"].items())
-                if record["status"] == OK else f"{record['status'].upper()}: {record.get('error', '')[:200]}"))
+            yield dataset, lengths, batch, {
+                "length": max(lengths), "lengths": lengths, "dataset": dataset, "shape": dataset, "batch": batch,
+                "device": opts.device, "threads": opts.threads, "repeats": opts.repeats,
+                "time_limit_s": opts.time_limit}
+
+
+def run_alternated_shapes(opts, log) -> list[dict]:
+    """``--alternate``: at each dataset's shapes and batch size, the chosen models in one fresh
+    process with their passes alternated (:func:`run_alternated`)."""
+    records = []
+    for dataset, lengths, batch, common in _shape_specs(opts):
+        record = measure_point({**common, "model": "+".join(opts.alternate), "models": opts.alternate},
+                               _alternated_child)
+        record.update(shape=dataset, lengths=lengths, batch=batch)
+        records.append(record)
+        log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} alternated: " + (
+            ", ".join(f"{BASELINES[m].label} {r['time_s'] * 1e3:.1f} ms" for m, r in record["alternated"].items())
+            if record["status"] == OK else f"{record['status'].upper()}: {record.get('error', '')[:200]}"))
     return records
 
 
 def run_shapes(opts, log) -> list[dict]:
-    """Each model at each dataset's real shapes (T_l, T_a, T_v and widths, unaligned) and batch
-    size, one point per process; a failed point is recorded and the rest go on."""
-    from ..datasets import SHAPES
+    """Each model at each dataset's real shapes and batch size, one point per process; a failed
+    point is recorded and the rest go on."""
     points = []
-    for dataset in opts.shapes:
-        lengths = list(SHAPES[dataset]["seq_lens"]["unaligned"])
-        for batch in opts.shape_batches:
-            for model in opts.models:
-                spec = {"model": model, "length": max(lengths), "lengths": lengths, "dataset": dataset,
-                        "shape": dataset, "batch": batch, "device": opts.device, "threads": opts.threads,
-                        "warmup": 1, "repeats": opts.repeats, "repeat_budget_s": opts.repeat_budget,
-                        "time_limit_s": opts.time_limit, "memory_limit_gb": opts.memory_limit_gb}
-                point = measure_point(spec, _point_child)
-                point.update(shape=dataset, lengths=lengths, batch=batch)
-                points.append(point)
-                log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} {BASELINES[model].label:26s} " + (
-                    f"{point['time_s'] * 1e3:10.1f} ms wall {point['memory_mb']:9.1f} MB"
-                    if point["status"] == OK else f"{point['status'].upper()}: {point.get('error', '')[:200]}"))
+    for dataset, lengths, batch, common in _shape_specs(opts):
+        for model in opts.models:
+            spec = {**common, "model": model, "warmup": 1, "repeat_budget_s": opts.repeat_budget,
+                    "memory_limit_gb": opts.memory_limit_gb}
+            point = measure_point(spec, _point_child)
+            point.update(shape=dataset, lengths=lengths, batch=batch)
+            points.append(point)
+            log(f"  {dataset.upper():5s} {tuple(lengths)} batch {batch:3d} {BASELINES[model].label:26s} " + (
+                f"{point['time_s'] * 1e3:10.1f} ms wall {point['memory_mb']:9.1f} MB"
+                if point["status"] == OK else f"{point['status'].upper()}: {point.get('error', '')[:200]}"))
     return points
