@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmsa_alignmamba.tuning import default_grace_period
+from mmsa_alignmamba.tuning import REDUCTION_FACTOR, default_grace_period
 
 MMSA = str(Path(sys.executable).with_name("mmsa"))
 
@@ -43,7 +43,7 @@ def main() -> int:
     p.add_argument("--tune-epochs", type=int, default=40)
     p.add_argument("--random-trials", type=int, default=16)
     p.add_argument("--asha-trials", type=int, default=16)
-    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--reduction-factor", type=int, default=REDUCTION_FACTOR)
     p.add_argument("--grace-period", type=int, help="default: mmsa tune's (max epochs / reduction factor²)")
     p.add_argument("--search-seeds", type=int, nargs="+", default=[0],
                    help="seeds of the configuration draws; one random search and one ASHA search each")
@@ -77,22 +77,22 @@ def main() -> int:
                    f"{s['local_1_thread_s']} s; Ray, 2 workers of 1 thread: {s['ray_2_workers_1_thread_s']} s; ratio "
                    f"**{s['ratio']}**; summaries identical: {s['identical_summary']}."]
     if "tune" in opts.parts:
+        grace_period = opts.grace_period or default_grace_period(opts.tune_epochs, opts.reduction_factor)
         searches = []
         for search_seed in opts.search_seeds:
             tune = {"search_seed": search_seed}
             for scheduler, trials in (("none", opts.random_trials), ("asha", opts.asha_trials)):
                 name = f"tune-{search_seed}-{scheduler}-{trials}-{opts.tune_epochs}"
                 if scheduler == "asha":
-                    name += f"-g{opts.grace_period or default_grace_period(opts.tune_epochs, opts.reduction_factor)}" \
-                            f"-rf{opts.reduction_factor}"
+                    name += f"-g{grace_period}-rf{opts.reduction_factor}"
                 done = out / "searches" / f"{name}.json"   # a finished search is not run again
                 if done.exists():
                     tune[scheduler] = json.loads(done.read_text())
                     continue
                 started = time.perf_counter()
-                grace = [] if opts.grace_period is None else ["--grace-period", str(opts.grace_period)]
                 subprocess.run([MMSA, "tune", "-m", opts.tune_model, *data, "--trials", str(trials), "--max-epochs",
-                                str(opts.tune_epochs), "--scheduler", scheduler, "--cpus-per-run", "1", *grace,
+                                str(opts.tune_epochs), "--scheduler", scheduler, "--cpus-per-run", "1",
+                                "--grace-period", str(grace_period),
                                 "--reduction-factor", str(opts.reduction_factor), "--search-seed", str(search_seed),
                                 *dirs(name)],
                                env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,7 +111,7 @@ def main() -> int:
         t = report["tune"] = {
             "model": opts.tune_model, "max_epochs": opts.tune_epochs, "random_trials": opts.random_trials,
             "asha_trials": opts.asha_trials,
-            "asha_grace_period": opts.grace_period or default_grace_period(opts.tune_epochs, opts.reduction_factor),
+            "asha_grace_period": grace_period,
             "asha_reduction_factor": opts.reduction_factor, "searches": searches,
             "epoch_ratio": round(sum(x["asha"]["epochs"] for x in searches)
                                  / sum(x["none"]["epochs"] for x in searches), 3),

@@ -358,15 +358,15 @@ def cmd_tune(args, model: str, settings) -> int:
 
 
 def _tune_on_ray(model, dataset, settings, *, trials, max_epochs, scheduler, cpus_per_run, ray_address,
-                 seed: int = 0, grace_period: int | None = None, reduction_factor: int = 3) -> int:
-    from .tuning import run_tune
+                 seed: int = 0, grace_period: int | None = None, reduction_factor: int | None = None) -> int:
+    from .tuning import REDUCTION_FACTOR, run_tune
     out = Path(settings.res_save_dir) / "tune" / f"{model}-{dataset}-{scheduler}"
     logger.info("tuning %s on %s with Ray Tune: %d trials of at most %d epochs, %s", model, dataset, trials,
                 max_epochs, "ASHA early stopping" if scheduler == "asha" else "no early stopping")
     result = run_tune(model, dataset, settings.feature_path, out, trials=trials, max_epochs=max_epochs,
                       scheduler=scheduler, cpus_per_run=cpus_per_run, ray_address=ray_address,
                       config_file=settings.config_file, seed=seed, grace_period=grace_period,
-                      reduction_factor=reduction_factor)
+                      reduction_factor=reduction_factor or REDUCTION_FACTOR)
     print(Path(result["paths"]["trials_md"]).read_text())
     print(f"best validation {result['key']}: {result['best_valid']:.4f} ({result['epochs']} epochs over "
           f"{result['trials']} trials)")
@@ -377,6 +377,7 @@ def _tune_on_ray(model, dataset, settings, *, trials, max_epochs, scheduler, cpu
 
 
 def cmd_tune_command(argv) -> int:
+    from .tuning import REDUCTION_FACTOR
     p = ArgumentParser(prog="mmsa tune", description="Hyper-parameter search on Ray Tune over the model config's "
                        "debugParams (the space MMSA's -t draws from), with ASHA early stopping on the validation "
                        "KeyEval and checkpointed trials. Writes the best trial's values as an MMSA-format config for "
@@ -389,8 +390,8 @@ def cmd_tune_command(argv) -> int:
     p.add_argument("--grace-period", type=int,
                    help="epochs every trial runs before ASHA may stop it (default: max-epochs / reduction-factor², "
                         "at least 1, so that there are three rungs)")
-    p.add_argument("--reduction-factor", type=int, default=3,
-                   help="ASHA keeps 1 in this many trials at each rung (default 3)")
+    p.add_argument("--reduction-factor", type=int,
+                   help=f"ASHA keeps 1 in this many trials at each rung (default {REDUCTION_FACTOR})")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random draws of configurations (default 0)")
     _add_data_options(p)
     _add_run_options(p)

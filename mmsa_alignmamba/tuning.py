@@ -25,11 +25,12 @@ import torch
 
 from .safeio import InputError, atomic_write_text
 
-__all__ = ["search_space", "run_tune", "default_grace_period", "LOWER_IS_BETTER_KEYS"]
+__all__ = ["search_space", "run_tune", "default_grace_period", "REDUCTION_FACTOR", "LOWER_IS_BETTER_KEYS"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
 LOWER_IS_BETTER_KEYS = ("Loss", "MAE")
+REDUCTION_FACTOR = 3  # ASHA's default: keep one trial in 3 at each rung
 
 
 def search_space(model: str, dataset: str) -> dict:
@@ -118,7 +119,7 @@ def default_grace_period(max_epochs: int, reduction_factor: int) -> int:
 def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: int, max_epochs: int,
              scheduler: str = "asha", cpus_per_run: int = 1, ray_address: str | None = None,
              config_file: str | None = None, seed: int = 0, grace_period: int | None = None,
-             reduction_factor: int = 3) -> dict:
+             reduction_factor: int = REDUCTION_FACTOR) -> dict:
     """Search ``trials`` configurations (random draws from the search space, ``seed``-fixed) with
     at most ``max_epochs`` each; ASHA lets every trial run ``grace_period`` epochs before it may
     stop it, and keeps one in ``reduction_factor`` trials at each rung. -> {"best": {...}, "paths": {...}, "epochs": …}.
