@@ -134,11 +134,11 @@ def kernel_available() -> bool:
 
 
 def kernel_applies(*tensors: torch.Tensor) -> bool:
-    """Whether a scan over these tensors can take the kernel: CPU float32, no gradient wanted,
-    and the kernel loads."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
+    """Whether a scan over these tensors can take the kernel: no gradient wanted (checked first:
+    it is what rules the kernel out on every training step), CPU float32, and the kernel loads."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
     return kernel_available()
 
