@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import monotone_kernel
 from .components import AlignOptions, ScoreBlock
 from .tracing import compiled, traceable
 
@@ -387,8 +388,11 @@ class _MonotoneForwardBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_emit, frame_mask, word_mask, skip):
-        with torch.no_grad():  # compiled: the same operations without the Python overhead of each step
-            log_lik, log_post = compiled(_forward_backward)(log_emit.detach(), frame_mask, word_mask, skip, False)
+        with torch.no_grad():  # the C kernel on CPU, else TorchScript: no Python between the steps
+            result = monotone_kernel.forward_backward(log_emit.detach(), frame_mask, word_mask, skip)
+            if result is None:
+                result = compiled(_forward_backward)(log_emit.detach(), frame_mask, word_mask, skip, False)
+            log_lik, log_post = result
         ctx.save_for_backward(log_post)
         ctx.mark_non_differentiable(log_post)
         return log_lik, log_post

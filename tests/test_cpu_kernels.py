@@ -1,6 +1,8 @@
-"""The C kernel for CPU inference: the same function as the Mamba block's PyTorch path, however
-threads share the work; used only where no gradient is wanted; a clean fallback where it cannot build;
-and a build that leaves the process's floating-point mode alone."""
+"""The C kernels for the CPU (native.py): the Mamba block's inside (the same function as its PyTorch
+path, however threads share the work, used only where no gradient is wanted) and the alignment
+model's forward-backward (the same recursions as the TorchScript version, in training too); a
+clean fallback where they cannot build; and a build that leaves the process's floating-point mode
+alone."""
 import logging
 import os
 import shutil
@@ -11,20 +13,21 @@ import sysconfig
 import pytest
 import torch
 
-from mmsa_alignmamba import scan_kernel
+from mmsa_alignmamba import alignment, monotone_kernel, native, scan_kernel
+from mmsa_alignmamba.tracing import compiled
 from mmsa_alignmamba.mamba import Mamba
 
 pytestmark = pytest.mark.skipif(
-    scan_kernel._compiler() is None,
+    native._compiler() is None,
     reason="no C compiler on this machine: the kernel cannot build, inference runs the PyTorch scan")
 
 
 @pytest.fixture
 def fresh_kernel():
     """Forget the loaded kernel before and after, so the test decides how it is built."""
-    scan_kernel._kernel.cache_clear()
+    native.clear_cache()
     yield
-    scan_kernel._kernel.cache_clear()
+    native.clear_cache()
 
 
 def _block(d_model, seed=0, **kwargs):
@@ -95,7 +98,7 @@ def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkey
         monkeypatch.setattr(sysconfig, "get_config_var", lambda name: None)
         monkeypatch.setattr(shutil, "which", lambda name: None)
     else:
-        monkeypatch.setenv(scan_kernel.ENABLE_VARIABLE, "0")
+        monkeypatch.setenv(native.ENABLE_VARIABLE, "0")
     m = _block(16, d_state=8)
     x = torch.randn(2, 10, 16)
     with caplog.at_level(logging.INFO, logger="mmsa_alignmamba"), torch.no_grad():
@@ -103,7 +106,9 @@ def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkey
         want = m(x, backend="torch")
     assert not scan_kernel.kernel_available()
     assert torch.equal(got, want)
-    assert any("PyTorch scan serves inference" in r.getMessage() for r in caplog.records)
+    assert sum("PyTorch code serves" in r.getMessage() for r in caplog.records) == 1   # one line, not one a call
+    emit, frames, words = _chain(2, 30, 6)
+    assert monotone_kernel.forward_backward(emit, frames, words, 0.05) is None   # the TorchScript version serves
 
 
 def test_a_failed_build_is_one_log_line_not_an_error(fresh_kernel, monkeypatch, caplog, tmp_path):
@@ -121,11 +126,70 @@ def test_a_failed_build_is_one_log_line_not_an_error(fresh_kernel, monkeypatch, 
 def test_a_fresh_build_keeps_gradual_underflow(tmp_path):
     """Linking a shared library with -ffast-math (GCC < 13) switches the whole process to
     flush-to-zero; the kernel is compiled with it but linked without."""
-    code = ("import numpy as np, torch; from mmsa_alignmamba import scan_kernel as k; "
-            "assert k.kernel_available(); "
+    code = ("import numpy as np, torch; from mmsa_alignmamba import native, scan_kernel, monotone_kernel as fb; "
+            "assert scan_kernel.kernel_available() and fb._kernel() is not None; "
             "assert np.float32(1e-38) / np.float32(1e3) > 0, 'subnormals flushed to zero'; "
-            "assert (torch.tensor(1e-38) / 1e3).item() > 0; print(sorted(p.name for p in k._cache_dir().iterdir()))")
+            "assert (torch.tensor(1e-38) / 1e3).item() > 0; print(sorted(p.name for p in native._cache_dir().iterdir()))")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("scan_kernel-") == 1 and ".so" in done.stdout
+    assert done.stdout.count("scan_kernel-") == 1 and done.stdout.count("monotone_kernel-") == 1
+
+
+def _chain(batch, t_m, t_l, sharpness=1.0, seed=0):
+    """Random emissions (B, T_m, T_l) and prefix masks of random lengths (the last sample full)."""
+    generator = torch.Generator().manual_seed(seed)
+    emit = torch.randn(batch, t_m, t_l, generator=generator) * sharpness
+    n_m = torch.randint(1, t_m + 1, (batch,), generator=generator)
+    n_l = torch.randint(1, t_l + 1, (batch,), generator=generator)
+    n_m[-1], n_l[-1] = t_m, t_l
+    return emit, torch.arange(t_m)[None] < n_m[:, None], torch.arange(t_l)[None] < n_l[:, None]
+
+
+@pytest.mark.parametrize("batch, t_m, t_l, sharpness", [
+    (1, 500, 50, 1.0),                     # MOSI's grid and words
+    (4, 40, 7, 30.0),                      # sharp: most paths far below the best
+    (3, 13, 30, 0.1),                      # fewer frames than words: the end may be anywhere
+    (2, 1, 5, 1.0), (2, 6, 1, 1.0),        # one frame; one word
+])
+def test_the_forward_backward_kernel_computes_the_torchscript_recursions(batch, t_m, t_l, sharpness):
+    emit, frames, words = _chain(batch, t_m, t_l, sharpness)
+    want_lik, want_post = compiled(alignment._forward_backward)(emit, frames, words, 0.05, False)
+    got_lik, got_post = monotone_kernel.forward_backward(emit, frames, words, 0.05)
+    possible = torch.isfinite(want_post)
+    assert torch.equal(possible, torch.isfinite(got_post))          # the same impossible cells, as -inf
+    assert not torch.isnan(got_post).any()
+    scale = want_lik.abs().max().clamp_min(1.0)
+    assert (got_lik - want_lik).abs().max() <= 1e-5 * scale
+    assert (got_post[possible] - want_post[possible]).abs().max() <= 1e-5 * want_post[possible].abs().max().clamp_min(1.0)
+    # each frame sits in some word: the posteriors sum to 1 as well as float32 lets TorchScript's do
+    assert torch.allclose(got_post.exp().sum(-1)[frames], want_post.exp().sum(-1)[frames], atol=1e-4)
+
+
+def test_the_forward_backward_kernel_does_not_depend_on_threads(monkeypatch):
+    emit, frames, words = _chain(5, 300, 40)          # over PARALLEL_MIN_CELLS: threads take part
+    results = []
+    for threads in (1, 2, 3, 4):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        results.append(monotone_kernel.forward_backward(emit, frames, words, 0.05))
+    assert all(torch.equal(results[0][1], r[1]) and torch.equal(results[0][0], r[0]) for r in results[1:])
+    alone = monotone_kernel.forward_backward(emit[2:3], frames[2:3], words[2:3], 0.05)
+    assert torch.equal(alone[1], results[0][1][2:3])
+
+
+def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatch):
+    emit, frames, words = _chain(3, 60, 9)
+    calls = []
+    real = monotone_kernel.forward_backward
+    monkeypatch.setattr(monotone_kernel, "forward_backward", lambda *a: calls.append(1) or real(*a))
+    emit.requires_grad_(True)
+    log_lik, log_post = alignment.monotone_alignment(emit, frames, words)
+    assert calls == [1]
+    log_lik.sum().backward()                          # the gradient is the kernel's posterior
+    assert torch.allclose(emit.grad, log_post.exp())
+    # where the kernel does not apply (float64, non-finite emissions), the TorchScript version runs
+    assert monotone_kernel.forward_backward(emit.detach().double(), frames, words, 0.05) is None
+    assert monotone_kernel.forward_backward(emit.detach().masked_fill(~words[:, None], float("-inf")),
+                                            frames, words, 0.05) is None
+    lik64, _ = alignment.monotone_alignment(emit.detach().double(), frames, words)
+    assert lik64.dtype == torch.float64 and torch.allclose(lik64.float(), log_lik, rtol=1e-5)
