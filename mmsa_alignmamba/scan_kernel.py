@@ -8,9 +8,8 @@ steps through time once per sample, keeps the step's vectors and the state in ca
 only the (b, L, d) output.
 
 It serves forward passes that need no gradient (evaluation, ``mmsa predict``, benchmarks);
-training keeps the PyTorch path and its hand-written backward. The work is shared out over
-PyTorch's OpenMP threads (whole samples, or a sample's channels when there are fewer samples
-than threads); results do not depend on the thread count.
+training keeps the PyTorch path and its hand-written backward. The samples are shared out over
+PyTorch's OpenMP threads, whole, so results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_wei
     pointers = [None if t is None else t.data_ptr() for t in operands]
     y = xz.new_empty(batch, length, dim)
     sizes = (length, dim, width, rank, state, batch)
-    threads = native.threads_for(batch * length * dim * state, PARALLEL_MIN_UPDATES)
+    threads = min(batch, native.threads_for(batch * length * dim * state, PARALLEL_MIN_UPDATES))  # whole samples
     if _kernel()(*pointers, *sizes, threads, y.data_ptr()):
         raise MemoryError("the CPU scan kernel could not allocate its workspace")
     return y
