@@ -290,15 +290,21 @@ class _SelectiveScanFn(torch.autograd.Function):
                 dD, dz, ddelta_bias, None)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
     """Drop-in for ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` (real A,
     input-dependent B and C), fast on CPU.
 
     u, delta: (b, d, L); A: (d, n); B, C: (b, n, L); D, delta_bias: (d,); z: (b, d, L).
     Returns (b, d, L) in u's dtype; computes in float32 (float64 for float64 input).
+    ``backend``: None takes the C kernels (:func:`scan_kernel.selective_scan_training`) for CPU
+    float32 tensors where they build, else the chunked PyTorch scan below; "torch" forces the latter.
     """
     if A.is_complex() or B.dim() != 3 or C.dim() != 3:
         raise NotImplementedError("selective_scan supports real A and (b, n, L) B, C only")
+    if backend not in (None, "torch"):
+        raise ValueError(f"backend must be None or 'torch', got {backend!r}")
+    if backend is None and scan_kernel.training_scan_applies(u, delta, A, B, C, D, z, delta_bias):
+        return scan_kernel.selective_scan_training(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -443,7 +449,8 @@ class Mamba(nn.Module):
                                                 self.D, z.transpose(1, 2), self.dt_proj.bias)
         else:
             y = selective_scan(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-                               z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+                               z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                               backend="torch" if kernel == "torch" else None)
         return self.out_proj(y.transpose(1, 2))
 
     def _forward_mamba_ssm(self, hidden_states, mamba_inner_fn, selective_scan_fn,

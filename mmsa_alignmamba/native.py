@@ -2,8 +2,9 @@
 
 Two loops over time are too fine-grained for tensor operators on a CPU (a dozen operators per
 step on a few hundred floats, so the per-operator overhead is the cost) and no maintained
-library offers them: the inside of a Mamba block (``scan_kernel.c``, mamba-ssm's kernels are
-CUDA-only) and the alignment model's forward-backward (``monotone_kernel.c``). Each C source
+library offers them: the selective scan (``scan_kernel.c``: a Mamba block's inside for inference,
+the scan's forward and backward for training; mamba-ssm's kernels are CUDA-only) and the
+alignment model's forward-backward (``monotone_kernel.c``). Each C source
 next to this module is built once per machine into a cache (``$XDG_CACHE_HOME`` or
 ``~/.cache``, ``mmsa_alignmamba/kernels``), in under a second, with ``$CC``, else Python's
 compiler, else ``cc``. Where there is no compiler, or ``MMSA_ALIGNMAMBA_CPU_KERNEL=0`` is set,

@@ -114,7 +114,7 @@ int mamba_inner_fwd(const float *xz, const float *conv_w_t, const float *conv_b,
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        Workspace w;
+        Workspace w = {0};
         float *all = malloc(sizeof(float) * ((N + 2) * dim + p.P));
         failed = all == NULL;
         if (!failed) {
@@ -132,6 +132,197 @@ int mamba_inner_fwd(const float *xz, const float *conv_w_t, const float *conv_b,
                 step(&p, b, l, &w);
         }
         free(all);
+    }
+    return failed;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The selective scan alone, for training: forward and backward of mamba.selective_scan,
+ *     dt_l = softplus(delta_l + bias) (or delta_l + bias),  h_l = exp(dt_l A) h_{l-1} + dt_l u_l B_l,
+ *     y_l  = sum_n C_l[n] h_l[n] + D u_l,                   out_l = y_l SiLU(z_l) (or y_l),
+ * with its gradient with respect to every input. The forward keeps the state only every `check`
+ * steps (checkpoints); the backward rebuilds each stretch of `check` states from its checkpoint,
+ * then runs the adjoint recurrence g_l = C_l dy_l + exp(dt_{l+1} A) g_{l+1} back through it.
+ *
+ * Layouts (row-major, time before channels so a step's vectors are contiguous): u, delta, z, y,
+ * out and their gradients (batch, L, dim); B, C and theirs (batch, L, N); A_t (N, dim); D, bias
+ * (dim), NULL when absent (as z); checkpoints (batch, ceil(L / check), N, dim). Gradients of the
+ * parameters shared by all samples (A, D, bias) come per sample, (batch, N, dim) and (batch, dim),
+ * for the caller to sum in sample order: the numbers do not depend on the thread count.
+ * --------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *u, *delta, *A_t, *B, *C, *D, *z, *bias;
+    long L, dim, N;
+    int softplus;
+} Scan;
+
+static inline float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
+
+/* dt of sample b, step l, into dt (dim) */
+static void scan_dt(const Scan *s, long b, long l, float *dt) {
+    const float *delta_l = s->delta + (b * s->L + l) * s->dim;
+#pragma omp simd
+    for (long c = 0; c < s->dim; ++c) {
+        float v = delta_l[c] + (s->bias ? s->bias[c] : 0.f);
+        dt[c] = !s->softplus || v > 20.f ? v : log1pf(expf(v));
+    }
+}
+
+/* h (N x dim) one step on: h = exp(dt A) h + dt u B_l */
+static void scan_state_step(const Scan *s, long b, long l, const float *dt, float *h) {
+    const float *u_l = s->u + (b * s->L + l) * s->dim, *B_l = s->B + (b * s->L + l) * s->N;
+    for (long n = 0; n < s->N; ++n) {
+        const float *A_n = s->A_t + n * s->dim, b_n = B_l[n];
+        float *h_n = h + n * s->dim;
+#pragma omp simd
+        for (long c = 0; c < s->dim; ++c)
+            h_n[c] = exp_nonpositive(dt[c] * A_n[c]) * h_n[c] + dt[c] * u_l[c] * b_n;
+    }
+}
+
+int selective_scan_fwd(const float *u, const float *delta, const float *A_t, const float *B, const float *C,
+                       const float *D, const float *z, const float *bias, int softplus, long batch, long L,
+                       long dim, long N, long check, int threads, float *y, float *out, float *checkpoints) {
+    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, softplus};
+    const long stretches = (L + check - 1) / check;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *h = malloc(sizeof(float) * (N + 1) * dim), *dt = h ? h + N * dim : NULL;
+        failed = h == NULL;
+#pragma omp for schedule(static)
+        for (long b = 0; b < batch; ++b) {
+            if (failed)
+                continue;
+            memset(h, 0, sizeof(float) * N * dim);
+            for (long l = 0; l < L; ++l) {
+                if (l % check == 0)
+                    memcpy(checkpoints + (b * stretches + l / check) * N * dim, h, sizeof(float) * N * dim);
+                scan_dt(&s, b, l, dt);
+                scan_state_step(&s, b, l, dt, h);
+                const float *u_l = u + (b * L + l) * dim, *C_l = C + (b * L + l) * N;
+                float *y_l = y + (b * L + l) * dim, *out_l = out + (b * L + l) * dim;
+#pragma omp simd
+                for (long c = 0; c < dim; ++c)
+                    y_l[c] = D ? D[c] * u_l[c] : 0.f;
+                for (long n = 0; n < N; ++n) {
+                    const float *h_n = h + n * dim, c_n = C_l[n];
+#pragma omp simd
+                    for (long c = 0; c < dim; ++c)
+                        y_l[c] += h_n[c] * c_n;
+                }
+                const float *z_l = z ? z + (b * L + l) * dim : NULL;
+#pragma omp simd
+                for (long c = 0; c < dim; ++c)
+                    out_l[c] = z_l ? y_l[c] * silu(z_l[c]) : y_l[c];
+            }
+        }
+        free(h);
+    }
+    return failed;
+}
+
+int selective_scan_bwd(const float *u, const float *delta, const float *A_t, const float *B, const float *C,
+                       const float *D, const float *z, const float *bias, int softplus, long batch, long L,
+                       long dim, long N, long check, int threads, const float *y, const float *checkpoints,
+                       const float *dout,
+                       float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, float *dz,
+                       float *dbias) {
+    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, softplus};
+    const long stretches = (L + check - 1) / check, state = N * dim;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        /* per thread: the stretch's states (check + 1 of them, the first its checkpoint) and dts,
+         * the adjoint g, and a step's dy, dt-gradient and u-gradient */
+        float *work = malloc(sizeof(float) * ((check + 1) * state + check * dim + state + 3 * dim));
+        failed = work == NULL;
+        float *hs = work, *dts = work ? hs + (check + 1) * state : NULL, *g = dts ? dts + check * dim : NULL;
+        float *dy = g ? g + state : NULL, *ddt = dy ? dy + dim : NULL, *du_l = ddt ? ddt + dim : NULL;
+#pragma omp for schedule(static)
+        for (long b = 0; b < batch; ++b) {
+            if (failed)
+                continue;
+            float *dA_b = dA + b * state, *dD_b = dD ? dD + b * dim : NULL, *dbias_b = dbias ? dbias + b * dim : NULL;
+            memset(dA_b, 0, sizeof(float) * state);
+            if (dD_b)
+                memset(dD_b, 0, sizeof(float) * dim);
+            if (dbias_b)
+                memset(dbias_b, 0, sizeof(float) * dim);
+            memset(g, 0, sizeof(float) * state);
+            for (long k = stretches - 1; k >= 0; --k) {
+                const long l0 = k * check, l1 = l0 + check < L ? l0 + check : L;
+                memcpy(hs, checkpoints + (b * stretches + k) * state, sizeof(float) * state);
+                for (long l = l0; l < l1; ++l) { /* rebuild the stretch: hs[i + 1] is the state after step l0 + i */
+                    float *dt = dts + (l - l0) * dim, *h = hs + (l - l0 + 1) * state;
+                    scan_dt(&s, b, l, dt);
+                    memcpy(h, h - state, sizeof(float) * state);
+                    scan_state_step(&s, b, l, dt, h);
+                }
+                for (long l = l1 - 1; l >= l0; --l) {
+                    const float *dt = dts + (l - l0) * dim, *h = hs + (l - l0 + 1) * state, *h_prev = h - state;
+                    const long at = b * L + l;
+                    const float *u_l = u + at * dim, *B_l = B + at * N, *C_l = C + at * N;
+                    const float *dout_l = dout + at * dim, *z_l = z ? z + at * dim : NULL, *y_l = y + at * dim;
+                    if (z_l) { /* out = y SiLU(z): silu'(z) = s (1 + z (1 - s)) */
+                        float *dz_l = dz + at * dim;
+#pragma omp simd
+                        for (long c = 0; c < dim; ++c) {
+                            float sz = sigmoid(z_l[c]);
+                            dz_l[c] = dout_l[c] * y_l[c] * sz * (1.f + z_l[c] * (1.f - sz));
+                            dy[c] = dout_l[c] * z_l[c] * sz;
+                        }
+                    } else {
+                        memcpy(dy, dout_l, sizeof(float) * dim);
+                    }
+#pragma omp simd
+                    for (long c = 0; c < dim; ++c) {
+                        du_l[c] = D ? D[c] * dy[c] : 0.f;
+                        ddt[c] = 0.f;
+                    }
+                    if (dD_b) {
+#pragma omp simd
+                        for (long c = 0; c < dim; ++c)
+                            dD_b[c] += dy[c] * u_l[c];
+                    }
+                    float *dB_l = dB + at * N, *dC_l = dC + at * N;
+                    for (long n = 0; n < N; ++n) {
+                        const float *A_n = A_t + n * dim, *h_n = h + n * dim, *hp_n = h_prev + n * dim;
+                        const float b_n = B_l[n], c_n = C_l[n];
+                        float *g_n = g + n * dim, *dA_n = dA_b + n * dim, dc = 0.f, db = 0.f;
+#pragma omp simd reduction(+ : dc, db)
+                        for (long c = 0; c < dim; ++c) {
+                            dc += dy[c] * h_n[c];
+                            float gc = g_n[c] + c_n * dy[c];           /* d out / d h_l */
+                            float a = exp_nonpositive(dt[c] * A_n[c]);
+                            float q = gc * a * hp_n[c];                   /* d out / d (dt A) */
+                            ddt[c] += q * A_n[c] + gc * u_l[c] * b_n;
+                            du_l[c] += gc * dt[c] * b_n;
+                            db += gc * dt[c] * u_l[c];
+                            dA_n[c] += q * dt[c];
+                            g_n[c] = gc * a;                              /* on to h_{l-1} */
+                        }
+                        dC_l[n] = dc;
+                        dB_l[n] = db;
+                    }
+                    const float *delta_l = delta + at * dim;
+                    float *ddelta_l = ddelta + at * dim;
+#pragma omp simd
+                    for (long c = 0; c < dim; ++c) { /* softplus' = sigmoid */
+                        float v = delta_l[c] + (bias ? bias[c] : 0.f);
+                        ddelta_l[c] = softplus ? ddt[c] * sigmoid(v) : ddt[c];
+                    }
+                    if (dbias_b) {
+#pragma omp simd
+                        for (long c = 0; c < dim; ++c)
+                            dbias_b[c] += ddelta_l[c];
+                    }
+                    memcpy(du + at * dim, du_l, sizeof(float) * dim);
+                }
+            }
+        }
+        free(work);
     }
     return failed;
 }

@@ -15,7 +15,7 @@ import torch
 
 from mmsa_alignmamba import alignment, monotone_kernel, native, scan_kernel
 from mmsa_alignmamba.tracing import compiled
-from mmsa_alignmamba.mamba import Mamba
+from mmsa_alignmamba.mamba import Mamba, selective_scan
 
 pytestmark = pytest.mark.skipif(
     native._compiler() is None,
@@ -118,6 +118,9 @@ def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkey
     assert sum("PyTorch code serves" in r.getMessage() for r in caplog.records) == 1   # one line, not one a call
     emit, frames, words = _chain(2, 30, 6)
     assert monotone_kernel.forward_backward(emit, frames, words, 0.05) is None   # the TorchScript version serves
+    assert not scan_kernel.training_scan_applies(x)
+    y = m(x)                                                  # training: the PyTorch scan, bit for bit
+    assert torch.equal(y, m(x, backend="torch")) and y.requires_grad
 
 
 def test_a_failed_build_is_one_log_line_not_an_error(fresh_kernel, monkeypatch, caplog, tmp_path):
@@ -202,3 +205,63 @@ def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatc
                                             frames, words, 0.05) is None
     lik64, _ = alignment.monotone_alignment(emit.detach().double(), frames, words)
     assert lik64.dtype == torch.float64 and torch.allclose(lik64.float(), log_lik, rtol=1e-5)
+
+
+def _scan_args(batch, length, dim, state, seed=0, z=True, softplus=True):
+    """Mamba-like selective_scan inputs, all wanting gradients."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g)   # noqa: E731
+    args = dict(u=r(batch, dim, length), delta=0.5 * r(batch, dim, length),
+                A=-torch.rand(dim, state, generator=g) * state, B=r(batch, state, length), C=r(batch, state, length),
+                D=r(dim), z=r(batch, dim, length) if z else None, delta_bias=0.3 * r(dim))
+    if not softplus:   # dt = delta + bias must stay positive without softplus
+        args["delta"], args["delta_bias"] = args["delta"].abs(), args["delta_bias"].abs()
+    return {k: None if v is None else v.requires_grad_() for k, v in args.items()}
+
+
+def _scan_grads(args, softplus=True, **kwargs):
+    out = selective_scan(**args, delta_softplus=softplus, **kwargs)
+    names = [k for k, v in args.items() if v is not None]
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    return {"out": out, **dict(zip(names, torch.autograd.grad(out, [args[k] for k in names], dout)))}
+
+
+@pytest.mark.parametrize("length", [1, 16, 17, 150])      # one step; a whole stretch of checkpoints; one more; MOSI's fused length
+@pytest.mark.parametrize("z, softplus", [(True, True), (False, False)], ids=["gate-softplus", "plain"])
+def test_the_training_scan_kernel_computes_the_pytorch_scan_and_its_gradients(length, z, softplus, monkeypatch):
+    calls = []
+    real = scan_kernel.selective_scan_training
+    monkeypatch.setattr(scan_kernel, "selective_scan_training", lambda *a: calls.append(1) or real(*a))
+    args = _scan_args(3, length, 40, 16, z=z, softplus=softplus)     # 40 channels: not a whole number of vectors
+    got, want = _scan_grads(args, softplus), _scan_grads(args, softplus, backend="torch")
+    assert calls == [1]                                              # float32 CPU takes the kernel by itself
+    for name in want:
+        scale = want[name].abs().max().clamp_min(1.0)
+        assert (got[name] - want[name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_the_training_scan_kernel_does_not_depend_on_threads(monkeypatch):
+    args = _scan_args(5, 70, 24, 8, seed=3)                          # over PARALLEL_MIN_UPDATES
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        results.append(_scan_grads(args))
+    for other in results[1:]:
+        assert all(torch.equal(results[0][k], other[k]) for k in results[0])
+
+
+def test_a_block_trains_on_the_kernel_as_on_the_pytorch_scan():
+    """A few optimiser steps of a Mamba block: the kernel's gradients steer it as the PyTorch
+    scan's do (the float32 differences stay at rounding level)."""
+    runs = []
+    for backend in (None, "torch"):
+        m = _block(16, seed=4).train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        x = torch.randn(4, 33, 16, generator=torch.Generator().manual_seed(5))
+        for _ in range(5):
+            loss = m(x, backend=backend).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        runs.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert (runs[0] - runs[1]).abs().max() <= 1e-4
