@@ -211,3 +211,18 @@ def test_alternate_needs_shapes_and_two_models(tmp_path, capsys):
     rc, _, err = run_cli(["bench", "--alternate", "alignmamba", "transformer", "--out", tmp_path / "b"], capsys)
     assert rc == 2 and "--alternate needs --shapes" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_training_benchmark_runs_both_models_on_synthetic_data(tmp_path):
+    """`mmsa bench --train`: one capped epoch of AlignMamba and MulT through MMSA's loader on
+    generated data, reported as synthetic (it once failed at its first import)."""
+    out = tmp_path / "train"
+    code = mmsa_main(["bench", "--train", "--quick", "--train-batch", "2", "--train-max-batches", "1",
+                      "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    train = report["train"]
+    assert "SYNTHETIC" in train["data"] and set(train["models"]) == {"alignmamba", "mult"}
+    for result in train["models"].values():
+        assert result["batches"] == 1 and result["epoch_s"] > 0
+    assert "SYNTHETIC" in (out / "bench.md").read_text()

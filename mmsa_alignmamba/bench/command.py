@@ -35,11 +35,10 @@ def mamba_backend(device: str) -> str:
     from .. import mamba, scan_kernel
     if str(device).startswith("cuda") and mamba.mamba_ssm_available():
         return "mamba-ssm CUDA kernels (mamba_inner_fn / selective_scan_fn)"
-    training = "mmsa_alignmamba.mamba.selective_scan (pure PyTorch chunked scan, custom backward)"
     if scan_kernel.kernel_available():
-        return (f"inference: the compiled C kernel for the block's inside (mmsa_alignmamba/scan_kernel.c); "
-                f"training: {training}")
-    return training
+        return ("compiled C kernels (mmsa_alignmamba/scan_kernel.c): inference, the block's inside; "
+                "training, the selective scan's forward and backward")
+    return "mmsa_alignmamba.mamba.selective_scan (pure PyTorch chunked scan, custom backward)"
 
 
 def machine_info(device: str, threads: int | None = None) -> dict:

@@ -14,9 +14,9 @@ def bench_train(opts, log) -> dict:
     import torch
     import torch.nn as nn
 
-    from . import host
-    from .synthetic import ensure_synthetic
-    from .trainer import batch_inputs
+    from .. import host
+    from ..synthetic import ensure_synthetic
+    from ..trainer import batch_inputs
     size = "small" if opts.quick else "full"
     path = ensure_synthetic(opts.cache_dir, "mosi", size=size, seed=0)
     batch_size = opts.train_batch
