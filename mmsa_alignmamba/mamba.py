@@ -9,8 +9,9 @@ chosen per forward call from the input's device:
 * CPU inference (no gradient wanted): a compiled C kernel for everything between in_proj and
   out_proj, one time step at a time with the state in cache (:mod:`scan_kernel`), where it
   builds;
-* anything else: a causal depthwise ``F.conv1d``, SiLU and :func:`selective_scan` below, a
-  pure-PyTorch scan with a hand-written backward.
+* anything else (training): a causal depthwise ``F.conv1d``, SiLU and :func:`selective_scan`,
+  which runs the scan's forward and backward as C loops for CPU float32 (:mod:`scan_kernel`),
+  else the pure-PyTorch chunked scan below with its hand-written backward.
 
 mamba-ssm is never imported at module import time: every ``mamba_ssm`` import fails without the
 compiled ``selective_scan_cuda`` extension, so it is probed once, lazily, and any failure means
