@@ -44,7 +44,7 @@ def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     frames = frame_mask.to(torch.bool).contiguous()
     words = word_mask.to(torch.bool).contiguous()
     log_lik, log_post = emit.new_empty(batch), emit.new_empty(batch, t_m, t_l)
-    threads = min(native.threads_for(batch * t_m * t_l, PARALLEL_MIN_CELLS), batch)
+    threads = native.threads_for(batch, batch * t_m * t_l, PARALLEL_MIN_CELLS)
     if _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), batch, t_m, t_l, skip, threads,
                  log_lik.data_ptr(), log_post.data_ptr()):
         raise MemoryError("the CPU forward-backward kernel could not allocate its workspace")

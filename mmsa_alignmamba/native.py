@@ -138,9 +138,10 @@ def clear_cache() -> None:
     _library.cache_clear()
 
 
-def threads_for(work: int, minimum: int) -> int:
-    """PyTorch's thread count for a kernel call of ``work`` units, or 1 below ``minimum`` units
-    (where starting threads costs more than they save) or without PyTorch's OpenMP runtime."""
+def threads_for(samples: int, work: int, minimum: int) -> int:
+    """How many of PyTorch's threads a kernel call that gives each thread whole samples should
+    start: at most one per sample, and 1 below ``minimum`` units of ``work`` (where starting
+    threads costs more than they save), without PyTorch's OpenMP runtime, or with no samples."""
     if torch_openmp() is None or work < minimum:
         return 1
-    return max(1, torch.get_num_threads())
+    return max(1, min(samples, torch.get_num_threads()))

@@ -74,7 +74,7 @@ def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_wei
     pointers = [None if t is None else t.data_ptr() for t in operands]
     y = xz.new_empty(batch, length, dim)
     sizes = (length, dim, width, rank, state, batch)
-    threads = min(batch, native.threads_for(batch * length * dim * state, PARALLEL_MIN_UPDATES))  # whole samples
+    threads = native.threads_for(batch, batch * length * dim * state, PARALLEL_MIN_UPDATES)
     if _kernel()(*pointers, *sizes, threads, y.data_ptr()):
         raise MemoryError("the CPU scan kernel could not allocate its workspace")
     return y
@@ -116,7 +116,7 @@ class _TrainingScan(torch.autograd.Function):
         y, out = ins[0].new_empty(batch, length, dim), ins[0].new_empty(batch, length, dim)
         checkpoints = ins[0].new_empty(batch, -(-length // CHECKPOINT_STEPS), state, dim)
         head = ([_pointer(t) for t in ins] + [int(bool(delta_softplus)), batch, length, dim, state, CHECKPOINT_STEPS,
-                min(batch, native.threads_for(batch * length * dim * state, PARALLEL_MIN_UPDATES))])
+                native.threads_for(batch, batch * length * dim * state, PARALLEL_MIN_UPDATES)])
         if _training_kernels()[0](*head, y.data_ptr(), out.data_ptr(), checkpoints.data_ptr()):
             raise MemoryError("the CPU scan kernel could not allocate its workspace")
         ctx.head, ctx.has = head, (D is not None, z is not None, delta_bias is not None)
