@@ -10,7 +10,7 @@
  * (L, dim, N) state tensors to memory; here a step's vectors and the state (N x dim floats)
  * stay in cache, and only y is written. Every loop over channels is contiguous and written for
  * the compiler to vectorise (glibc's vector expf and log1pf with -ffast-math -fopenmp-simd; the
- * state's decay, N exps a channel and step, through the inline exp_nonpositive instead).
+ * state's decay, N exps a channel and step, through the inline exp_decay instead).
  *
  * Layouts (row-major): xz (batch, L, 2 dim), x then z, as in_proj produces it; conv_w_t (K, dim);
  * conv_b (dim) or NULL; xproj_w (R + 2N, dim); dtproj_w_t (R, dim); dt_bias, D (dim);
@@ -40,12 +40,13 @@ typedef struct {
 
 static inline float silu(float v) { return v / (1.f + expf(-v)); }
 
-/* exp(v) for v <= 0, the decay exp(dt A): 2^k p(r) with r = v - k ln 2 in [-ln2/2, ln2/2] and a
- * degree-6 Taylor polynomial (within 2 ulp of expf); 0 below -87 would be subnormal, -87 gives
- * 1.6e-38 instead. Inline, so the state loop stays one vector loop with no call per vector: a
- * fifth faster than libmvec's expf there. */
-static inline float exp_nonpositive(float v) {
-    v = v < -87.f ? -87.f : v;
+/* exp(v) for the decay exp(dt A) (v <= 0 in Mamba, where A < 0): 2^k p(r) with r = v - k ln 2 in
+ * [-ln2/2, ln2/2] and a degree-6 Taylor polynomial (within 2 ulp of expf). v is clamped to
+ * [-87, 88], where 2^k stays a normal float: below, 1.6e-38 stands for a decay that is 0 to
+ * float32's eye; above (a growing state, A > 0), 1.6e38 for what would overflow. Inline, so the
+ * state loop stays one vector loop with no call per vector: a fifth faster than libmvec's expf. */
+static inline float exp_decay(float v) {
+    v = v < -87.f ? -87.f : (v > 88.f ? 88.f : v);
     float k = __builtin_roundf(v * 1.44269504088896341f);
     float r = v - k * 0.693145751953125f - k * 1.428606765330187045e-06f;   /* ln 2 in two parts */
     float p = 1.f + r * (1.f + r * (0.5f + r * (0.166666671633720f + r * (0.0416664853692055f
@@ -97,7 +98,7 @@ static void step(const Problem *p, long b, long l, Workspace *w) {
         float *h_n = w->h + n * dim, b_n = B_l[n], c_n = C_l[n];
 #pragma omp simd
         for (long c = 0; c < dim; ++c) {
-            h_n[c] = exp_nonpositive(dt[c] * A_n[c]) * h_n[c] + dt[c] * x[c] * b_n;
+            h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * x[c] * b_n;
             y_l[c] += h_n[c] * c_n;
         }
     }
@@ -177,7 +178,7 @@ static void scan_state_step(const Scan *s, long b, long l, const float *dt, floa
         float *h_n = h + n * s->dim;
 #pragma omp simd
         for (long c = 0; c < s->dim; ++c)
-            h_n[c] = exp_nonpositive(dt[c] * A_n[c]) * h_n[c] + dt[c] * u_l[c] * b_n;
+            h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * u_l[c] * b_n;
     }
 }
 
@@ -295,7 +296,7 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A_t, con
                         for (long c = 0; c < dim; ++c) {
                             dc += dy[c] * h_n[c];
                             float gc = g_n[c] + c_n * dy[c];           /* d out / d h_l */
-                            float a = exp_nonpositive(dt[c] * A_n[c]);
+                            float a = exp_decay(dt[c] * A_n[c]);
                             float q = gc * a * hp_n[c];                   /* d out / d (dt A) */
                             ddt[c] += q * A_n[c] + gc * u_l[c] * b_n;
                             du_l[c] += gc * dt[c] * b_n;

@@ -240,6 +240,17 @@ def test_the_training_scan_kernel_computes_the_pytorch_scan_and_its_gradients(le
         assert (got[name] - want[name]).abs().max() <= 1e-5 * scale, name
 
 
+def test_the_training_scan_kernel_takes_any_real_A():
+    """selective_scan is a drop-in for mamba-ssm's reference, which allows A > 0 (a growing
+    state): the kernel's inline exponential is right there too."""
+    args = _scan_args(2, 20, 8, 4, softplus=False)
+    with torch.no_grad():
+        args["A"].copy_(torch.linspace(-3.0, 2.0, 32).view(8, 4))
+    got, want = _scan_grads(args, softplus=False), _scan_grads(args, softplus=False, backend="torch")
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= 1e-5 * want[name].abs().max().clamp_min(1.0), name
+
+
 def test_the_training_scan_kernel_does_not_depend_on_threads(monkeypatch):
     args = _scan_args(5, 70, 24, 8, seed=3)                          # over PARALLEL_MIN_UPDATES
     results = []
