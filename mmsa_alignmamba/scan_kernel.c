@@ -55,6 +55,35 @@ static inline float exp_decay(float v) {
     return p * two_k.f;
 }
 
+/* softplus, with PyTorch's threshold of 20 */
+static inline float softplus(float v) { return v > 20.f ? v : log1pf(expf(v)); }
+
+/* The state one step on, h (N x dim) = exp(dt A) h + (dt x) B_l, for both the inference kernel
+ * and the training scan. */
+static void state_step(float *h, const float *A_t, const float *dt, const float *x, const float *B_l, long N,
+                       long dim) {
+    for (long n = 0; n < N; ++n) {
+        const float *A_n = A_t + n * dim, b_n = B_l[n];
+        float *h_n = h + n * dim;
+#pragma omp simd
+        for (long c = 0; c < dim; ++c)
+            h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * x[c] * b_n;
+    }
+}
+
+/* The read-out y_l (dim) = sum_n C_l[n] h[n] + D x (D may be NULL). */
+static void read_out(float *y_l, const float *h, const float *C_l, const float *D, const float *x, long N, long dim) {
+#pragma omp simd
+    for (long c = 0; c < dim; ++c)
+        y_l[c] = D ? D[c] * x[c] : 0.f;
+    for (long n = 0; n < N; ++n) {
+        const float *h_n = h + n * dim, c_n = C_l[n];
+#pragma omp simd
+        for (long c = 0; c < dim; ++c)
+            y_l[c] += h_n[c] * c_n;
+    }
+}
+
 /* Sample b, step l: every line of the recursion above. */
 static void step(const Problem *p, long b, long l, Workspace *w) {
     const long dim = p->dim;
@@ -88,20 +117,10 @@ static void step(const Problem *p, long b, long l, Workspace *w) {
             dt[c] += row[c] * v;
     }
 #pragma omp simd
-    for (long c = 0; c < dim; ++c) /* softplus, with PyTorch's threshold of 20 */
-        dt[c] = dt[c] > 20.f ? dt[c] : log1pf(expf(dt[c]));
-#pragma omp simd
     for (long c = 0; c < dim; ++c)
-        y_l[c] = p->D[c] * x[c];
-    for (long n = 0; n < p->N; ++n) {
-        const float *A_n = p->A_t + n * dim;
-        float *h_n = w->h + n * dim, b_n = B_l[n], c_n = C_l[n];
-#pragma omp simd
-        for (long c = 0; c < dim; ++c) {
-            h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * x[c] * b_n;
-            y_l[c] += h_n[c] * c_n;
-        }
-    }
+        dt[c] = softplus(dt[c]);
+    state_step(w->h, p->A_t, dt, x, B_l, p->N, dim);
+    read_out(y_l, w->h, C_l, p->D, x, p->N, dim);
 #pragma omp simd
     for (long c = 0; c < dim; ++c)
         y_l[c] *= silu(z_l[c]);
@@ -155,7 +174,7 @@ int mamba_inner_fwd(const float *xz, const float *conv_w_t, const float *conv_b,
 typedef struct {
     const float *u, *delta, *A_t, *B, *C, *D, *z, *bias;
     long L, dim, N;
-    int softplus;
+    int use_softplus;
 } Scan;
 
 static inline float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
@@ -166,26 +185,20 @@ static void scan_dt(const Scan *s, long b, long l, float *dt) {
 #pragma omp simd
     for (long c = 0; c < s->dim; ++c) {
         float v = delta_l[c] + (s->bias ? s->bias[c] : 0.f);
-        dt[c] = !s->softplus || v > 20.f ? v : log1pf(expf(v));
+        dt[c] = s->use_softplus ? softplus(v) : v;
     }
 }
 
-/* h (N x dim) one step on: h = exp(dt A) h + dt u B_l */
+/* h (N x dim) one step on at sample b, step l */
 static void scan_state_step(const Scan *s, long b, long l, const float *dt, float *h) {
-    const float *u_l = s->u + (b * s->L + l) * s->dim, *B_l = s->B + (b * s->L + l) * s->N;
-    for (long n = 0; n < s->N; ++n) {
-        const float *A_n = s->A_t + n * s->dim, b_n = B_l[n];
-        float *h_n = h + n * s->dim;
-#pragma omp simd
-        for (long c = 0; c < s->dim; ++c)
-            h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * u_l[c] * b_n;
-    }
+    const long at = b * s->L + l;
+    state_step(h, s->A_t, dt, s->u + at * s->dim, s->B + at * s->N, s->N, s->dim);
 }
 
 int selective_scan_fwd(const float *u, const float *delta, const float *A_t, const float *B, const float *C,
-                       const float *D, const float *z, const float *bias, int softplus, long batch, long L,
+                       const float *D, const float *z, const float *bias, int use_softplus, long batch, long L,
                        long dim, long N, long check, int threads, float *y, float *out, float *checkpoints) {
-    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, softplus};
+    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, use_softplus};
     const long stretches = (L + check - 1) / check;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
@@ -202,17 +215,8 @@ int selective_scan_fwd(const float *u, const float *delta, const float *A_t, con
                     memcpy(checkpoints + (b * stretches + l / check) * N * dim, h, sizeof(float) * N * dim);
                 scan_dt(&s, b, l, dt);
                 scan_state_step(&s, b, l, dt, h);
-                const float *u_l = u + (b * L + l) * dim, *C_l = C + (b * L + l) * N;
                 float *y_l = y + (b * L + l) * dim, *out_l = out + (b * L + l) * dim;
-#pragma omp simd
-                for (long c = 0; c < dim; ++c)
-                    y_l[c] = D ? D[c] * u_l[c] : 0.f;
-                for (long n = 0; n < N; ++n) {
-                    const float *h_n = h + n * dim, c_n = C_l[n];
-#pragma omp simd
-                    for (long c = 0; c < dim; ++c)
-                        y_l[c] += h_n[c] * c_n;
-                }
+                read_out(y_l, h, C + (b * L + l) * N, D, u + (b * L + l) * dim, N, dim);
                 const float *z_l = z ? z + (b * L + l) * dim : NULL;
 #pragma omp simd
                 for (long c = 0; c < dim; ++c)
@@ -225,12 +229,12 @@ int selective_scan_fwd(const float *u, const float *delta, const float *A_t, con
 }
 
 int selective_scan_bwd(const float *u, const float *delta, const float *A_t, const float *B, const float *C,
-                       const float *D, const float *z, const float *bias, int softplus, long batch, long L,
+                       const float *D, const float *z, const float *bias, int use_softplus, long batch, long L,
                        long dim, long N, long check, int threads, const float *y, const float *checkpoints,
                        const float *dout,
                        float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, float *dz,
                        float *dbias) {
-    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, softplus};
+    Scan s = {u, delta, A_t, B, C, D, z, bias, L, dim, N, use_softplus};
     const long stretches = (L + check - 1) / check, state = N * dim;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
@@ -312,7 +316,7 @@ int selective_scan_bwd(const float *u, const float *delta, const float *A_t, con
 #pragma omp simd
                     for (long c = 0; c < dim; ++c) { /* softplus' = sigmoid */
                         float v = delta_l[c] + (bias ? bias[c] : 0.f);
-                        ddelta_l[c] = softplus ? ddt[c] * sigmoid(v) : ddt[c];
+                        ddelta_l[c] = use_softplus ? ddt[c] * sigmoid(v) : ddt[c];
                     }
                     if (dbias_b) {
 #pragma omp simd
