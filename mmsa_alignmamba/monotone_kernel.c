@@ -27,6 +27,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NEG (-1e30f)
 #define IMPOSSIBLE_BELOW (-1e29f)
@@ -42,7 +43,8 @@ static inline float lse2(float a, float b) {
     return m + logf(expf(a - m) + expf(b - m));
 }
 
-/* One sample. row: 2 + T_l + 2 floats of workspace (NEG borders for the shifted reads). */
+/* One sample. row: 2 + T_l + 2 floats of workspace (NEG borders for the shifted reads), then T_l
+ * for the log-probability of ending in each word. */
 static void one_sample(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
                        long T_m, long T_l, float skip, float *log_lik, float *post, float *row) {
     long n_m = 0, n_l = 0;
@@ -81,18 +83,18 @@ static void one_sample(const float *emit, const unsigned char *frame_mask, const
 
     /* the end: the last word, or anywhere where the last word cannot be reached */
     const int reachable = n_l - 1 <= 2 * (n_m - 1) + 1;
+    float *end = row + T_l + 4;
+    for (long j = 0; j < T_l; ++j)
+        end[j] = (reachable ? j == n_l - 1 : word_mask[j] != 0) ? 0.f : NEG;
     const float *final = post + (n_m - 1) * T_l;
     float total = NEG;
-    for (long j = 0; j < T_l; ++j) {
-        int end = reachable ? j == n_l - 1 : word_mask[j] != 0;
-        if (end)
-            total = lse2(total, final[j]);
-    }
+    for (long j = 0; j < T_l; ++j)
+        total = lse2(total, final[j] + end[j]);
     *log_lik = total;
 
     /* backward: beta[t] in mid, combined with alpha[t] into post[t] on the way */
     for (long j = 0; j < T_l; ++j) /* beta at the last padded frame */
-        mid[j] = (n_m - 1 == T_m - 1 && (reachable ? j == n_l - 1 : word_mask[j] != 0)) ? 0.f : NEG;
+        mid[j] = n_m - 1 == T_m - 1 ? end[j] : NEG;
     for (long t = T_m - 1; t >= 0; --t) {
         if (t < T_m - 1) {
             if (t < n_m - 1) {
@@ -103,8 +105,7 @@ static void one_sample(const float *emit, const unsigned char *frame_mask, const
                 for (long j = 0; j < T_l; ++j) /* reads j + 1, j + 2 before they are overwritten */
                     mid[j] = lse3(mid[j] + stay, mid[j + 1] + move, mid[j + 2] + jump);
             } else if (t == n_m - 1) {
-                for (long j = 0; j < T_l; ++j)
-                    mid[j] = (reachable ? j == n_l - 1 : word_mask[j] != 0) ? 0.f : NEG;
+                memcpy(mid, end, sizeof(float) * T_l);
             }
         }
         float *out = post + t * T_l;
@@ -123,7 +124,7 @@ int monotone_forward_backward(const float *emit, const unsigned char *frame_mask
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *row = malloc(sizeof(float) * (T_l + 4));
+        float *row = malloc(sizeof(float) * (2 * T_l + 4));
         failed = row == NULL;
 #pragma omp for schedule(static)
         for (long b = 0; b < batch; ++b)
