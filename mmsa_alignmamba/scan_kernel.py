@@ -6,11 +6,9 @@ sequence (conv, SiLU, x_proj, dt_proj, softplus, the scan, gate), and the scan m
 (L, d, n) state tensors; that memory traffic and the per-operator overhead, not arithmetic, are
 what make a CPU Mamba layer slower than a Transformer layer of the same width. ``scan_kernel.c``
 steps through time once per sample, keeps the step's vectors and the state in cache, and writes
-only the (b, L, d) output.
-
-It serves forward passes that need no gradient (evaluation, ``mmsa predict``, benchmarks);
-The samples are shared out over PyTorch's OpenMP threads, whole, so results do not depend on the
-thread count.
+only the (b, L, d) output. It serves forward passes that need no gradient (evaluation,
+``mmsa predict``, benchmarks). In both kernels the samples are shared out over PyTorch's OpenMP
+threads, whole, so results do not depend on the thread count.
 
 For training, :func:`selective_scan_training` is :func:`mamba.selective_scan` (the scan with its
 gradient; conv and projections stay PyTorch operators around it) as two C loops over time: the
@@ -51,9 +49,12 @@ def kernel_applies(*tensors: torch.Tensor) -> bool:
     it is what rules the kernel out on every training step), CPU float32, and the kernel loads."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
-    return kernel_available()
+    return _cpu_float32(tensors) and kernel_available()
+
+
+def _cpu_float32(tensors) -> bool:
+    """All of ``tensors`` (None ones skipped) are CPU float32, what the kernels take."""
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
 def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D):
@@ -90,9 +91,7 @@ def _training_kernels():
 def training_scan_applies(*tensors) -> bool:
     """Whether :func:`selective_scan_training` can take these tensors (None ones are skipped):
     CPU float32, and the kernel loads."""
-    if any(t is not None and (t.device.type != "cpu" or t.dtype != torch.float32) for t in tensors):
-        return False
-    return _training_kernels() is not None
+    return _cpu_float32(tensors) and _training_kernels() is not None
 
 
 def _time_major(x):
