@@ -1,8 +1,9 @@
 """The C kernels for the CPU (native.py): the Mamba block's inside (the same function as its PyTorch
-path, however threads share the work, used only where no gradient is wanted) and the alignment
-model's forward-backward (the same recursions as the TorchScript version, in training too); a
-clean fallback where they cannot build; and a build that leaves the process's floating-point mode
-alone."""
+path, however threads share the work, used only where no gradient is wanted), the selective scan
+for training (the PyTorch scan's output and gradients), and the alignment model's forward-backward
+(the same recursions as the TorchScript version, in training too); a clean fallback where they
+cannot build; and a build that leaves the process's floating-point mode alone."""
+import functools
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ import sysconfig
 import pytest
 import torch
 
+from conftest import assert_close_scaled, fwd_bwd, scan_inputs
 from mmsa_alignmamba import alignment, monotone_kernel, native, scan_kernel
 from mmsa_alignmamba.tracing import compiled
 from mmsa_alignmamba.mamba import Mamba, selective_scan
@@ -207,56 +209,37 @@ def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatc
     assert lik64.dtype == torch.float64 and torch.allclose(lik64.float(), log_lik, rtol=1e-5)
 
 
-def _scan_args(batch, length, dim, state, seed=0, z=True, softplus=True):
-    """Mamba-like selective_scan inputs, all wanting gradients."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g)   # noqa: E731
-    args = dict(u=r(batch, dim, length), delta=0.5 * r(batch, dim, length),
-                A=-torch.rand(dim, state, generator=g) * state, B=r(batch, state, length), C=r(batch, state, length),
-                D=r(dim), z=r(batch, dim, length) if z else None, delta_bias=0.3 * r(dim))
-    if not softplus:   # dt = delta + bias must stay positive without softplus
-        args["delta"], args["delta_bias"] = args["delta"].abs(), args["delta_bias"].abs()
-    return {k: None if v is None else v.requires_grad_() for k, v in args.items()}
-
-
-def _scan_grads(args, softplus=True, **kwargs):
-    out = selective_scan(**args, delta_softplus=softplus, **kwargs)
-    names = [k for k, v in args.items() if v is not None]
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    return {"out": out, **dict(zip(names, torch.autograd.grad(out, [args[k] for k in names], dout)))}
-
-
 @pytest.mark.parametrize("length", [1, 16, 17, 150])      # one step; a whole stretch of checkpoints; one more; MOSI's fused length
 @pytest.mark.parametrize("z, softplus", [(True, True), (False, False)], ids=["gate-softplus", "plain"])
 def test_the_training_scan_kernel_computes_the_pytorch_scan_and_its_gradients(length, z, softplus, monkeypatch):
     calls = []
     real = scan_kernel.selective_scan_training
     monkeypatch.setattr(scan_kernel, "selective_scan_training", lambda *a: calls.append(1) or real(*a))
-    args = _scan_args(3, length, 40, 16, z=z, softplus=softplus)     # 40 channels: not a whole number of vectors
-    got, want = _scan_grads(args, softplus), _scan_grads(args, softplus, backend="torch")
+    args = scan_inputs(length, torch.float32, z, softplus, b=3, d=40, n=16)   # 40 channels: not a whole number of vectors
+    with torch.no_grad():
+        args["A"].mul_(8)                                            # decays down to exp(-16 dt)
+    got = fwd_bwd(selective_scan, args, softplus)
+    want = fwd_bwd(functools.partial(selective_scan, backend="torch"), args, softplus)
     assert calls == [1]                                              # float32 CPU takes the kernel by itself
-    for name in want:
-        scale = want[name].abs().max().clamp_min(1.0)
-        assert (got[name] - want[name]).abs().max() <= 1e-5 * scale, name
+    assert_close_scaled(got, want, 1e-5)
 
 
 def test_the_training_scan_kernel_takes_any_real_A():
     """selective_scan is a drop-in for mamba-ssm's reference, which allows A > 0 (a growing
     state): the kernel's inline exponential is right there too."""
-    args = _scan_args(2, 20, 8, 4, softplus=False)
+    args = scan_inputs(20, torch.float32, softplus=False, b=2, d=8, n=4)
     with torch.no_grad():
         args["A"].copy_(torch.linspace(-3.0, 2.0, 32).view(8, 4))
-    got, want = _scan_grads(args, softplus=False), _scan_grads(args, softplus=False, backend="torch")
-    for name in want:
-        assert (got[name] - want[name]).abs().max() <= 1e-5 * want[name].abs().max().clamp_min(1.0), name
+    assert_close_scaled(fwd_bwd(selective_scan, args, False),
+                        fwd_bwd(functools.partial(selective_scan, backend="torch"), args, False), 1e-5)
 
 
 def test_the_training_scan_kernel_does_not_depend_on_threads(monkeypatch):
-    args = _scan_args(5, 70, 24, 8, seed=3)                          # over PARALLEL_MIN_UPDATES
+    args = scan_inputs(70, torch.float32, b=5, d=24, n=8, seed=3)    # over PARALLEL_MIN_UPDATES
     results = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        results.append(_scan_grads(args))
+        results.append(fwd_bwd(selective_scan, args, True))
     for other in results[1:]:
         assert all(torch.equal(results[0][k], other[k]) for k in results[0])
 

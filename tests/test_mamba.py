@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import mmsa_alignmamba.mamba as mm
+from conftest import assert_close_scaled, fwd_bwd, scan_inputs
 from mmsa_alignmamba.mamba import Mamba, mamba_ssm_available, selective_scan
 
 
@@ -56,37 +57,6 @@ def scan_loop64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     if D is not None:
         y = y + u * D[:, None]
     return y if z is None else y * F.silu(z)
-
-
-def scan_inputs(L, dtype, z=True, softplus=True, b=2, d=6, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=g, dtype=dtype)  # noqa: E731
-    # without softplus dt = delta + delta_bias must stay positive, as it does in Mamba, or
-    # exp(dt A) > 1 and the recurrence blows up (in the reference too)
-    delta, delta_bias = (0.5 * r(b, d, L), 0.3 * r(d)) if softplus else (0.5 * u(b, d, L),
-                                                                          0.1 * u(d))
-    args = dict(u=r(b, d, L), delta=delta, A=-2 * u(d, n), B=r(b, n, L), C=r(b, n, L),
-                D=r(d), z=r(b, d, L) if z else None, delta_bias=delta_bias)
-    for v in args.values():
-        if v is not None:
-            v.requires_grad_()
-    return args
-
-
-def fwd_bwd(fn, args, softplus):
-    out = fn(**args, delta_softplus=softplus)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    names = [k for k, v in args.items() if v is not None]
-    grads = torch.autograd.grad(out, [args[k] for k in names], dout)
-    return {"out": out, **{"d" + k: g for k, g in zip(names, grads)}}
-
-
-def assert_close_scaled(got, want, tol):
-    for k in want:
-        err = (got[k] - want[k]).abs().max().item()
-        scale = max(1.0, want[k].abs().max().item())
-        assert err <= tol * scale, f"{k}: max error {err:.3g} > {tol:.0e} * {scale:.3g}"
 
 
 # 600 elements: tiles of 1 batch item x 3 chunks (the last partial at L = 64); 1: one chunk each
