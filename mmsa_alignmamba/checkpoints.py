@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from .safeio import DataFileError, atomic_write
+from .errors import DataFileError
+from .safeio import atomic_write
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "describe", "save", "load", "load_weights_into"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import host
-from .safeio import InputError
+from .errors import InputError, check_at_least
 from .settings import RunSettings, output_root, resolve_output_dirs
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -214,13 +214,6 @@ def resolve_device(args) -> str:
         if args.gpu_ids:
             device = f"cuda:{int(args.gpu_ids[0])}"
     return device
-
-
-def check_at_least(*bounds) -> None:
-    """Each (flag, value, least): one error line unless the value is unset (None) or >= least."""
-    for flag, value, least in bounds:
-        if value is not None and value < least:
-            raise InputError(f"{flag} must be >= {least}, got {value}")
 
 
 def check_options(args) -> None:

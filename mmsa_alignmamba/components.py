@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 from torch import Tensor
 
-from .safeio import InputError
+from .errors import InputError
 
 logger = logging.getLogger("mmsa_alignmamba")
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from .results import Cell, ResultStore
-from .safeio import InputError, atomic_write, atomic_write_text
+from .errors import InputError
+from .safeio import atomic_write, atomic_write_text
 from .settings import RunSettings
 
 __all__ = ["Job", "LocalExecutor", "RayExecutor", "make_executor", "import_ray", "EXECUTORS"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .safeio import InputError
+from .errors import InputError
 
 __all__ = ["export_onnx", "export_model", "verify_onnx", "ONNX_INPUTS", "example_inputs"]
 

@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import torch
 
-from .safeio import InputError, safe_pickle_loads
+from .errors import InputError
+from .safeio import safe_pickle_loads
 from .settings import checkpoint_path, resolve_output_dirs
 
 __all__ = [

@@ -53,7 +53,7 @@ import torch
 
 from . import components
 from .datasets import MODALITIES
-from .safeio import InputError
+from .errors import InputError, check_seed
 
 __all__ = [
     "MODALITIES",
@@ -89,12 +89,6 @@ def _validate_rate(rate: Any) -> float:
     if not math.isfinite(rate) or not 0.0 <= rate < 1.0:
         raise InputError(f"missing rate must be in [0, 1), got {rate!r}")
     return rate
-
-
-def _validate_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _code(text: str) -> int:
@@ -215,7 +209,7 @@ class MissingProtocol:
 
     def __init__(self, rate: float, seed: int, use_bert: bool = False):
         self.rate = _validate_rate(rate)
-        self.seed = _validate_seed(seed)
+        self.seed = check_seed(seed)
         self.use_bert = bool(use_bert)
         self._tag = _code(self.name)
 

@@ -30,7 +30,7 @@ import torch
 
 from . import checkpoints, host
 from .datasets import MODALITIES
-from .safeio import DataFileError, InputError
+from .errors import DataFileError, InputError
 
 __all__ = ["LoadedModel", "ModelInfo", "load_model", "sentiment_classes", "predict_file", "data_feature_dims", "SPLIT_CHOICES"]
 

@@ -16,15 +16,9 @@ import pickle
 import tempfile
 from pathlib import Path
 
-__all__ = ["InputError", "UnsafePickleError", "DataFileError", "safe_pickle_load", "atomic_write", "atomic_write_text"]
+from .errors import DataFileError
 
-
-class InputError(ValueError):
-    """A problem with what the user gave us (file, option, data): reported in one line, exit status 2."""
-
-
-class DataFileError(InputError):
-    """A data file is missing, unreadable or malformed; the message names the file and the problem."""
+__all__ = ["UnsafePickleError", "safe_pickle_load", "atomic_write", "atomic_write_text"]
 
 
 class UnsafePickleError(DataFileError):

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .safeio import InputError, atomic_write_text
+from .errors import InputError
+from .safeio import atomic_write_text
 
 __all__ = ["search_space", "run_tune", "default_grace_period", "REDUCTION_FACTOR", "LOWER_IS_BETTER_KEYS"]
 

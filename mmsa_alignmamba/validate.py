@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safeio import DataFileError, atomic_write, safe_pickle_load
+from .errors import DataFileError
+from .safeio import atomic_write, safe_pickle_load
 from .synthetic.common import TRUE_MAP_KEYS
 
 logger = logging.getLogger("mmsa_alignmamba")

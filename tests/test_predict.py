@@ -14,7 +14,7 @@ from conftest import load_pickle, run_cli
 import mmsa_alignmamba
 from mmsa_alignmamba import checkpoints, cli, host
 from mmsa_alignmamba.predict import sentiment_classes
-from mmsa_alignmamba.safeio import InputError
+from mmsa_alignmamba.errors import InputError
 
 
 def _small_alignmamba_config(tmp: Path) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsa_alignmamba import checkpoints, cli, host, safeio
+from mmsa_alignmamba import checkpoints, cli, errors, host, safeio
 from mmsa_alignmamba.synthetic import make_synthetic
 
 SMALL = {"train": 4, "valid": 3, "test": 3}     # validation-only cases: never trained on
@@ -423,7 +423,7 @@ def test_safe_pickle_load_refuses_payloads(tmp_path, kind):
         safeio.safe_pickle_loads(path.read_bytes())
     assert not marker.exists()
     # the error is an InputError, so the CLI reports it as a one-line exit-2 error
-    assert issubclass(safeio.UnsafePickleError, safeio.InputError)
+    assert issubclass(safeio.UnsafePickleError, errors.InputError)
 
 
 def test_safe_pickle_load_still_reads_mmsa_data(tmp_path, small_data):
@@ -457,7 +457,7 @@ def test_checkpoint_with_payload_is_refused(tmp_path):
     state["bias_extra"] = _SystemPayload(marker)
     torch.save(state, path)
     assert not marker.exists()
-    with pytest.raises(safeio.DataFileError, match="refused to load checkpoint .*evil.pth: it holds more than weights"):
+    with pytest.raises(errors.DataFileError, match="refused to load checkpoint .*evil.pth: it holds more than weights"):
         checkpoints.load_weights_into(model, path)
     assert not marker.exists()
 

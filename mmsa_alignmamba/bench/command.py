@@ -9,9 +9,9 @@ import platform
 import sys
 from pathlib import Path
 
-from ..cli import check_at_least
 from ..datasets import SHAPES
-from ..safeio import InputError, atomic_write_text
+from ..errors import InputError, check_at_least
+from ..safeio import atomic_write_text
 from ..settings import output_root
 from .baselines import BASELINES, MODELS
 from .inference import SHAPE_BATCHES, combine_rounds, point_main, run_alternated_shapes, run_inference, run_shapes

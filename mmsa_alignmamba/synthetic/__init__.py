@@ -61,9 +61,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..safeio import InputError, atomic_write, atomic_write_text
+from ..errors import InputError, check_seed
+from ..safeio import atomic_write, atomic_write_text
 from . import pooled, wordlevel
-from .common import PRESETS, SPLITS, check_seed, preset, resolve_sizes, size_label
+from .common import PRESETS, SPLITS, preset, resolve_sizes, size_label
 
 __all__ = [
     "TASKS",

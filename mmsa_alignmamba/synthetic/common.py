@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..datasets import SHAPES
-from ..safeio import InputError
+from ..errors import InputError
 
 SPLITS = ("train", "valid", "test")
 
@@ -70,12 +70,6 @@ def preset(like: str) -> dict[str, Any]:
     if key not in PRESETS:
         raise InputError(f"unknown synthetic preset {like!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[key]
-
-
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def resolve_sizes(like: str, size: str | Mapping[str, int] = "small") -> dict[str, int]:
