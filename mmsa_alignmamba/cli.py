@@ -92,7 +92,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     x.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per training on Ray (default 0)")
     m = p.add_argument_group("missing modalities")
     from . import components
-    protocols = components.registry("missing_protocol")
+    protocols = components.MISSING_PROTOCOLS.entries()
     meanings = "; ".join(f"{name}: {_first_line(c.obj.__doc__).split(': ', 1)[-1].rstrip('.')}"
                          for name, c in protocols.items())
     m.add_argument("--missing-protocol", choices=list(protocols),
@@ -418,8 +418,8 @@ def cmd_components(argv) -> int:
     ArgumentParser(prog="mmsa components",
                    description="List every registered component (local and global alignments, missing-modality "
                                "protocols) with the distribution that provides it.").parse_args(argv)
-    for kind in components.GROUPS:
-        for name, component in components.registry(kind).items():
+    for kind, registry in components.KINDS.items():
+        for name, component in registry.entries().items():
             print(f"{kind:17s} {name:12s} {component.distribution}")
     return 0
 

@@ -72,7 +72,7 @@ def export_onnx(checkpoint, out) -> tuple[Path, float | None]:
 
 def export_model(net: nn.Module, out) -> Path:
     """Write the ONNX graph of an AlignMamba module (``model.AlignMamba``) to ``out``, atomically."""
-    # One argmax block per source covers every length the graph will see (see relaxed_plan).
+    # One argmax block per source covers every length the graph will see (see alignment.ot.relaxed_ot_from_scores).
     net.cfg.ot_block_size = 1 << 30
     graph = _Scores(net).eval()
     out = Path(out)

@@ -447,7 +447,7 @@ class FrameProtocol(MissingProtocol):
 def make_protocol(name: str, rate: float, seed: int, use_bert: bool = False) -> MissingProtocol:
     """Build a registered protocol (entry-point group ``mmsa.missing_protocols``: ``imder``,
     ``sample``, ``frame`` and any third party's) by name; rate must be in [0, 1)."""
-    return components.get("missing_protocol", name)(rate, seed, use_bert)
+    return components.MISSING_PROTOCOLS.create(name, rate, seed, use_bert)
 
 
 # --------------------------------------------------------------------------- loader

@@ -24,11 +24,10 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
 
 from . import components
-from .alignment import OTAlignment, WordAligner, bandwidth_spec, uniform_align
-from .components import AlignOptions
+from .alignment import OTAlignment, WordAligner, bandwidth_spec
+from .alignment.ot import TimeProportional
 from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
 
@@ -51,6 +50,7 @@ class AlignMambaConfig:
     ot_rescale: bool = True           # aligned = T_l·MᵀX (mean-like scale) instead of MᵀX (≈1/T_m scale)
     ot_reduce: str = "mean"           # "mean" (ours): each word gets the mean of its frames; "sum": paper's MᵀX
     ot_temperature: float = 0.1       # soft_ot with the cosine cost: softmax temperature over −cost
+    ot_sinkhorn_iters: int = 0        # soft_ot with the cosine cost: > 0 balances the plan's columns (Sinkhorn)
     ot_block_size: int = 1024         # source rows per block when computing the OT argmin
     ot_cost: str = "monotone"         # "cosine" (paper: 1 − cos of encoded features), or ours: the −log posterior
                                       # of a learned alignment model (alignment.WordAligner) trained by L_plan
@@ -80,12 +80,13 @@ class AlignMambaConfig:
             sigmas_ok = False
         if isinstance(self.global_alignment, bool):  # the first release's switch
             self.global_alignment = "mmd" if self.global_alignment else "none"
-        components.get("local_alignment", self.local_alignment)    # unknown names: one error listing them
-        components.get("global_alignment", self.global_alignment)
+        components.LOCAL_ALIGNMENTS.entry(self.local_alignment)    # unknown names: one error listing them
+        components.GLOBAL_ALIGNMENTS.entry(self.global_alignment)
         checks = [
             (self.ot_reduce in ("sum", "mean"), "ot_reduce must be 'sum' or 'mean'"),
             (self.ot_cost in OT_COSTS, f"ot_cost must be one of {OT_COSTS}"),
             (self.ot_temperature > 0, "ot_temperature must be > 0"),
+            (self.ot_sinkhorn_iters >= 0, "ot_sinkhorn_iters must be >= 0"),
             (sigmas_ok, "mmd_sigmas must be 'median' or positive bandwidths"),
             (self.ot_position_prior >= 0, "ot_position_prior must be >= 0"),
             (self.likelihood_prior_init > 0, "likelihood_prior_init must be > 0"),
@@ -193,6 +194,11 @@ class AlignMamba(nn.Module):
         aligns = cfg.fusion == "interleave" and "text" in cfg.modalities and sources and cfg.local_alignment != "none"
         self.aligner = WordAligner(d, {m: in_dims[m] for m in sources}, cfg.ot_cost, cfg.likelihood_prior_init) \
             if aligns and cfg.ot_cost != "cosine" else None
+        # The configured components, each built from the config it takes its own options from.
+        self.local_alignment = components.LOCAL_ALIGNMENTS.create(cfg.local_alignment, cfg)
+        self.global_alignment = components.GLOBAL_ALIGNMENTS.create(cfg.global_alignment, cfg)
+        self.time_proportional = TimeProportional.from_config(cfg)   # where language is missing
+        self._diagnostic_plans = None
         n_streams = len(cfg.modalities) if cfg.fusion == "multi_stream" else 1
         self.fusion = nn.ModuleList(MambaStack(cfg) for _ in range(n_streams))
         self.head = nn.Sequential(nn.Linear(d * n_streams, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, 1))
@@ -252,39 +258,32 @@ class AlignMamba(nn.Module):
         return kept | (present & ~candidates)
 
     # ---- alignment ----------------------------------------------------------------------
-    def _fit_alignment(self, raw, enc, present=None):
-        """The learned cost's alignment model on this batch: (log p(frames) (B,), source modality
-        -> log posteriors (B, T_m, T_l)), or None for the paper's cosine cost. Once per forward:
-        in training it updates the running feature statistics of the frames."""
+    def _word_posteriors(self, raw, enc, present=None):
+        """The learned cost's aligner on this batch: (log p(frames) (B,), source modality -> log
+        posteriors (B, T_m, T_l)), or None for the paper's cosine cost. Once per forward: in
+        training it updates the running feature statistics of the frames."""
         if self.aligner is None:
             return None
         anchor, anchor_mask, _ = enc["text"]
-        return self.aligner.fit({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present)
+        return self.aligner({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present)
 
-    def _plan(self, kind, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
-        """Local alignment ``kind`` (a registered name) of one source onto the anchor grid; it
-        transports the encoded ``source`` (B, T_m, d) and returns it on (B, T_l, d).
-        ``log_post``: the learned cost's posteriors for that source (see _fit_alignment)."""
-        cfg = self.cfg
-        options = AlignOptions(rescale=cfg.ot_rescale, reduce=cfg.ot_reduce, block_size=cfg.ot_block_size,
-                               temperature=cfg.ot_temperature, position_prior=cfg.ot_position_prior)
+    @staticmethod
+    def _plan(align, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
+        """One source onto the anchor grid with the local alignment ``align``: the encoded
+        ``source`` (B, T_m, d) transported to (B, T_l, d). ``log_post``: the learned cost's
+        posteriors for that source (see _word_posteriors), None for the cosine cost."""
         scores = WordAligner.scores(log_post) if log_post is not None else None
-        return components.get("local_alignment", kind)(source, source_mask, anchor, anchor_mask,
-                                                       scores=scores, options=options)
-
-    def _time_proportional(self, source, source_mask, anchor_mask) -> Tensor:
-        """Where language is missing there is nothing to align to: frame r of n to word ⌊r·n_l/n⌋."""
-        return uniform_align(source, source_mask, anchor_mask, self.cfg.ot_rescale, self.cfg.ot_reduce).aligned
+        return align(source, source_mask, anchor, anchor_mask, scores=scores)
 
     def _align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post=None):
         """Align one source onto the anchor grid with the configured plan: (B, T_m, d) -> (B, T_l, d).
-        Samples without language fall back to the time-proportional plan."""
+        Samples without language fall back to the time-proportional plan (nothing to align to)."""
         if not anchor_present.any():
-            return self._time_proportional(source, source_mask, anchor_mask)
-        aligned = self._plan(self.cfg.local_alignment, source, source_mask, anchor, anchor_mask, log_post).aligned
+            return self.time_proportional(source, source_mask, None, anchor_mask).aligned
+        aligned = self._plan(self.local_alignment, source, source_mask, anchor, anchor_mask, log_post).aligned
         if anchor_present.all():
             return aligned
-        fallback = self._time_proportional(source, source_mask, anchor_mask)
+        fallback = self.time_proportional(source, source_mask, None, anchor_mask).aligned
         return torch.where(anchor_present[:, None, None], aligned, fallback)
 
     @torch.no_grad()
@@ -296,13 +295,16 @@ class AlignMamba(nn.Module):
         cfg = self.cfg
         if cfg.fusion != "interleave" or "text" not in cfg.modalities or len(cfg.modalities) < 2:
             return {}
+        if self._diagnostic_plans is None:   # every registered plan, built once from this config
+            self._diagnostic_plans = {kind: components.LOCAL_ALIGNMENTS.create(kind, cfg)
+                                      for kind in components.LOCAL_ALIGNMENTS.names()}
         raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
         enc = self._encode(raw, None)
-        fitted = self._fit_alignment(raw, enc)
+        fitted = self._word_posteriors(raw, enc)
         posts = fitted[1] if fitted is not None else {}
         anchor, anchor_mask, _ = enc["text"]
-        return {m: {kind: self._plan(kind, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
-                    for kind in components.names("local_alignment")}
+        return {m: {kind: self._plan(align, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
+                    for kind, align in self._diagnostic_plans.items()}
                 for m in cfg.modalities if m != "text"}
 
     # ---- fusion -------------------------------------------------------------------------
@@ -329,7 +331,7 @@ class AlignMamba(nn.Module):
             anchor_present = torch.zeros_like(anchor_present)
         sources = [m for m in cfg.modalities if m != anchor_name]
         present = {m: enc[m][2] & anchor_present for m in sources}    # has both the source and language
-        fitted = self._fit_alignment(raw, enc, present) if anchor_name == "text" else None
+        fitted = self._word_posteriors(raw, enc, present) if anchor_name == "text" else None
         posts = fitted[1] if fitted is not None else {}
         aligned = {m: self._align(m, enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present, posts.get(m))
                    for m in sources}
@@ -337,8 +339,7 @@ class AlignMamba(nn.Module):
         training = self.training and torch.is_grad_enabled() and anchor_name == "text"
         align_loss = plan_loss = zero
         if training and sources:
-            align_loss = components.get("global_alignment", cfg.global_alignment)(
-                aligned, anchor, anchor_mask, sigmas=cfg.mmd_sigmas, present=present)
+            align_loss = self.global_alignment(aligned, anchor, anchor_mask, present=present)
         if training and fitted is not None:
             # the alignment model learns from the samples that have language and a source
             plan_loss = self.aligner.nll(fitted[0], {m: raw[m] for m in sources}, present,

@@ -32,7 +32,7 @@ def _kernel():
 
 def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
                      skip: float) -> Optional[Tuple[Tensor, Tensor]]:
-    """(log_lik (B,), log_post (B, T_m, T_l)) as ``alignment._forward_backward`` computes them,
+    """(log_lik (B,), log_post (B, T_m, T_l)) as ``alignment.lattice.forward_backward`` computes them,
     or None where the kernel does not apply (not CPU float32, non-finite emissions, no kernel).
     Inputs as there: log_emit (B, T_m, T_l), frame_mask (B, T_m), word_mask (B, T_l), bool."""
     if log_emit.device.type != "cpu" or log_emit.dtype != torch.float32 or log_emit.requires_grad:

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import checkpoints, host
-from .alignment import plan_hits
+from .alignment.diagnostics import plan_hits
 from .results import metrics_line, plan_kinds
 
 logger = logging.getLogger("MMSA")

@@ -11,6 +11,7 @@ import torch
 from geomloss import SamplesLoss
 
 import mmsa_alignmamba.alignment as alignment_module
+from mmsa_alignmamba.alignment import ot as ot_module
 from mmsa_alignmamba.alignment import (
     OTAlignment,
     alignment_loss,
@@ -105,7 +106,7 @@ def test_blockwise_equals_full_including_gradients(monkeypatch):
     # (block_size, cost-block cap): the cap of 30 entries with B·T_l = 10 gives 3-row blocks
     for block, cap in ((1, None), (4, None), (10_000, 30), (10_000, None)):
         if cap:
-            monkeypatch.setattr(alignment_module, "_COST_BLOCK_ELEMS", cap)
+            monkeypatch.setattr(ot_module, "_COST_BLOCK_ELEMS", cap)
         else:
             monkeypatch.undo()
         src = source.clone().requires_grad_(True)
@@ -462,11 +463,11 @@ def test_values_are_transported_and_mean_reduce_averages_them(soft):
 
 
 def test_relaxed_plan_takes_any_score():
-    """relaxed_plan is the argmax of whatever scores it is given (here a fixed random table)."""
+    """relaxed_ot_from_scores is the argmax of whatever scores it is given (here a fixed random table)."""
     _, _, sm, am = _random_case(seed=24)
     table = torch.randn(sm.shape[0], sm.shape[1], am.shape[1])
     values = torch.randn(*sm.shape, 3)
-    out = alignment_module.relaxed_plan(lambda start, rows, blocked: table[:, start:start + rows] + blocked,
+    out = alignment_module.relaxed_ot_from_scores(lambda start, rows, blocked: table[:, start:start + rows] + blocked,
                                         values, sm, am, block_size=2)
     assert torch.equal(out.assignment[sm], table.masked_fill(~am[:, None, :], -math.inf).argmax(-1)[sm])
     assert (out.assignment[~sm] == -1).all()
@@ -525,10 +526,10 @@ def _toy_audiovisual(n=96, seed=0):
 def _accuracy(aligner, words, frames, wm, truth):
     aligner.eval()
     with torch.no_grad():
-        _, posts = aligner.fit(frames, words, wm)
+        _, posts = aligner(frames, words, wm)
     out = {}
     for m, (x, mask) in frames.items():
-        plan = alignment_module.relaxed_plan(aligner.scores(posts[m]), x, mask, wm)
+        plan = alignment_module.relaxed_ot_from_scores(aligner.scores(posts[m]), x, mask, wm)
         exact, _, count = alignment_module.plan_hits(plan, truth[m])
         out[m] = float(exact / count)
     return out
@@ -542,12 +543,12 @@ def test_learned_cost_aligns_without_labels(structure):
     words, frames, wm, truth = _toy_audiovisual()
     aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}, structure)
     time_accuracy = {m: float((lambda h: h[0] / h[2])(alignment_module.plan_hits(
-        alignment_module.uniform_align(x, mask, wm), truth[m]))) for m, (x, mask) in frames.items()}
+        alignment_module.time_proportional(x, mask, wm), truth[m]))) for m, (x, mask) in frames.items()}
     before = _accuracy(aligner, words, frames, wm, truth)
     optimizer = torch.optim.Adam(aligner.parameters(), lr=0.03)
     for _ in range(150):
         aligner.train()
-        log_lik, _ = aligner.fit(frames, words, wm)
+        log_lik, _ = aligner(frames, words, wm)
         loss = aligner.nll(log_lik, frames)
         optimizer.zero_grad()
         loss.backward()
@@ -569,13 +570,13 @@ def test_one_clock_lets_each_source_borrow_the_others_evidence():
         optimizer = torch.optim.Adam(aligner.parameters(), lr=0.03)
         for _ in range(100):
             aligner.train()
-            loss = aligner.nll(aligner.fit(frames, words, wm)[0], frames)
+            loss = aligner.nll(aligner(frames, words, wm)[0], frames)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         accuracy[structure] = _accuracy(aligner, words, frames, wm, truth)
     time_vision = float((lambda h: h[0] / h[2])(alignment_module.plan_hits(
-        alignment_module.uniform_align(*frames["vision"], wm), truth["vision"])))
+        alignment_module.time_proportional(*frames["vision"], wm), truth["vision"])))
     assert accuracy["monotone"]["vision"] > time_vision + 0.2, accuracy
     assert accuracy["mixture"]["vision"] < time_vision + 0.1, accuracy
 
@@ -584,8 +585,8 @@ def test_absent_source_adds_nothing_to_the_joint_likelihood():
     words, frames, wm, _ = _toy_audiovisual(n=4)
     aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}).eval()
     present = {"audio": torch.tensor([True, True, False, False]), "vision": torch.ones(4, dtype=torch.bool)}
-    log_lik, posts = aligner.fit(frames, words, wm, present)
-    alone, _ = aligner.fit({"vision": frames["vision"]}, words, wm)
+    log_lik, posts = aligner(frames, words, wm, present)
+    alone, _ = aligner({"vision": frames["vision"]}, words, wm)
     torch.testing.assert_close(log_lik[2:], alone[2:])
     assert (posts["audio"][2:] == -math.inf).all()
     vision_only = aligner.nll(log_lik, frames, present, torch.tensor([False, False, True, True]))
@@ -601,7 +602,7 @@ def test_mixture_posterior_and_likelihood_by_hand():
     emission = aligner.emissions["audio"]
     with torch.no_grad():
         emission.log_spread.uniform_(-0.5, 0.5)
-    log_lik, posts = aligner.fit({"audio": (frames, fm)}, words, wm)
+    log_lik, posts = aligner({"audio": (frames, fm)}, words, wm)
     # by hand: Gaussian log density per word, plus the normalised position prior
     obs = emission.observations(frames, fm)
     mean, spread = emission.read(words), emission.log_spread.exp()

@@ -12,22 +12,25 @@ import pytest
 import mmsa_alignmamba  # noqa: F401
 from conftest import run_cli as _main
 from mmsa_alignmamba import components, host
+from mmsa_alignmamba.registry import UnknownNameError
 
 TOY_MODULE = textwrap.dedent('''
     """A third party's components: a local alignment and a missing-modality protocol."""
     import numpy as np
     import torch
 
-    from mmsa_alignmamba.alignment import uniform_align
+    from mmsa_alignmamba.alignment import time_proportional
     from mmsa_alignmamba.missing import MissingProtocol
 
     CALLS = {"alignment": 0, "protocol": 0}
 
-    def last_word_alignment(source, source_mask, anchor, anchor_mask, *, scores=None, options=None):
+    def last_word_alignment(cfg):
         """Every frame to the last word of its sample (the time-proportional plan, reversed)."""
-        CALLS["alignment"] += 1
-        return uniform_align(source.flip(1), source_mask.flip(1), anchor_mask,
-                             rescale=options.rescale, reduce=options.reduce)
+        def align(source, source_mask, anchor, anchor_mask, *, scores=None):
+            CALLS["alignment"] += 1
+            return time_proportional(source.flip(1), source_mask.flip(1), anchor_mask,
+                                     rescale=cfg.ot_rescale, reduce=cfg.ot_reduce)
+        return align
 
     class AudioOffProtocol(MissingProtocol):
         """``audio_off``: audio missing in every sample (the rate is ignored)."""
@@ -84,11 +87,11 @@ def _config(tmp_path: Path, **alignmamba) -> Path:
 def test_own_components_are_registered_with_this_distribution():
     for kind, expected in (("local_alignment", {"ot", "soft_ot", "none"}), ("global_alignment", {"mmd", "none"}),
                            ("missing_protocol", {"imder", "sample", "frame"})):
-        found = components.registry(kind)
+        found = components.KINDS[kind].entries()
         assert expected <= set(found), kind
         assert {found[name].distribution for name in expected} == {"mmsa-alignmamba"}
-    with pytest.raises(components.UnknownComponentError, match="unknown local_alignment 'nope'; registered: none, ot"):
-        components.get("local_alignment", "nope")
+    with pytest.raises(UnknownNameError, match="unknown local_alignment 'nope'; registered: none, ot"):
+        components.LOCAL_ALIGNMENTS.get("nope")
 
 
 def test_components_command_lists_them_with_their_distribution(toy_components, capsys):

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import assert_close_scaled, fwd_bwd, scan_inputs
-from mmsa_alignmamba import alignment, monotone_kernel, native, scan_kernel
+from mmsa_alignmamba import monotone_kernel, native, scan_kernel
+from mmsa_alignmamba.alignment import lattice
 from mmsa_alignmamba.tracing import compiled
 from mmsa_alignmamba.mamba import Mamba, selective_scan
 
@@ -168,7 +169,7 @@ def _chain(batch, t_m, t_l, sharpness=1.0, seed=0):
 ])
 def test_the_forward_backward_kernel_computes_the_torchscript_recursions(batch, t_m, t_l, sharpness):
     emit, frames, words = _chain(batch, t_m, t_l, sharpness)
-    want_lik, want_post = compiled(alignment._forward_backward)(emit, frames, words, 0.05, False)
+    want_lik, want_post = compiled(lattice.forward_backward)(emit, frames, words, 0.05, False)
     got_lik, got_post = monotone_kernel.forward_backward(emit, frames, words, 0.05)
     possible = torch.isfinite(want_post)
     assert torch.equal(possible, torch.isfinite(got_post))          # the same impossible cells, as -inf
@@ -197,7 +198,7 @@ def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatc
     real = monotone_kernel.forward_backward
     monkeypatch.setattr(monotone_kernel, "forward_backward", lambda *a: calls.append(1) or real(*a))
     emit.requires_grad_(True)
-    log_lik, log_post = alignment.monotone_alignment(emit, frames, words)
+    log_lik, log_post = lattice.monotone_alignment(emit, frames, words)
     assert calls == [1]
     log_lik.sum().backward()                          # the gradient is the kernel's posterior
     assert torch.allclose(emit.grad, log_post.exp())
@@ -205,7 +206,7 @@ def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatc
     assert monotone_kernel.forward_backward(emit.detach().double(), frames, words, 0.05) is None
     assert monotone_kernel.forward_backward(emit.detach().masked_fill(~words[:, None], float("-inf")),
                                             frames, words, 0.05) is None
-    lik64, _ = alignment.monotone_alignment(emit.detach().double(), frames, words)
+    lik64, _ = lattice.monotone_alignment(emit.detach().double(), frames, words)
     assert lik64.dtype == torch.float64 and torch.allclose(lik64.float(), log_lik, rtol=1e-5)
 
 

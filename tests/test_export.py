@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from mmsa_alignmamba import cli, host, load_model
-from mmsa_alignmamba.alignment import _forward_backward
+from mmsa_alignmamba.alignment.lattice import forward_backward
 from mmsa_alignmamba.export import ONNX_INPUTS, example_inputs
 from mmsa_alignmamba.mamba import selective_scan, selective_scan_steps
 from mmsa_alignmamba.tracing import compiled
@@ -85,12 +85,12 @@ def test_export_paths_compute_the_eager_functions():
     emit = torch.randn(3, 40, 9, generator=g) * 30 - 200    # very negative log-likelihoods, as real ones are
     frames = torch.arange(40)[None] < torch.tensor([40, 17, 3])[:, None]
     words = torch.arange(9)[None] < torch.tensor([9, 4, 1])[:, None]
-    eager = _forward_backward(emit, frames, words, 0.05)
+    eager = forward_backward(emit, frames, words, 0.05)
     # compiled for training and inference: the same operations, the same numbers
-    same = compiled(_forward_backward)(emit, frames, words, 0.05, False)
+    same = compiled(forward_backward)(emit, frames, words, 0.05, False)
     assert torch.equal(same[0], eager[0]) and torch.equal(same[1], eager[1])
     # compiled with the operations ONNX has
-    onnx = compiled(_forward_backward)(emit, frames, words, 0.05, True)
+    onnx = compiled(forward_backward)(emit, frames, words, 0.05, True)
     torch.testing.assert_close(onnx[0], eager[0], rtol=1e-5, atol=1e-4)
     finite = torch.isfinite(eager[1])
     assert torch.equal(finite, torch.isfinite(onnx[1]))

@@ -67,7 +67,7 @@ def use_true_plan() -> None:
 
     from mmsa_alignmamba import model as model_module
     from mmsa_alignmamba import trainer as trainer_module
-    from mmsa_alignmamba.alignment import _hard_transport, uniform_align
+    from mmsa_alignmamba.alignment.ot import _hard_transport, time_proportional
 
     get_item = MMDataset.__getitem__
 
@@ -99,7 +99,7 @@ def use_true_plan() -> None:
         if truth is None or not anchor_present.all():
             return align(self, m, source, source_mask, anchor, anchor_mask, anchor_present, log_post)
         # frames in pauses (no true word) go where the time-proportional plan puts them
-        fallback = uniform_align(source, source_mask, anchor_mask).assignment
+        fallback = time_proportional(source, source_mask, anchor_mask).assignment
         assignment = torch.where(truth >= 0, truth.long(), fallback).masked_fill(~source_mask, -1)
         return _hard_transport(source, assignment, source_mask, anchor_mask, self.cfg.ot_rescale,
                                self.cfg.ot_reduce).aligned

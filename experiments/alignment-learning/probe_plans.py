@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmsa_alignmamba.alignment import WordAligner, plan_hits, position_gap, relaxed_plan, uniform_align
+from mmsa_alignmamba.alignment import WordAligner, plan_hits, position_gap, relaxed_ot_from_scores, time_proportional
 from mmsa_alignmamba.model import SequenceEncoder, lengths_to_mask
 from mmsa_alignmamba.safeio import safe_pickle_load
 
@@ -62,10 +62,10 @@ class Probe(nn.Module):
         if hasattr(self, "aligners"):
             for aligner in self.aligners:
                 raw = {m: (batch[m], batch[f"{m}_mask"]) for m in aligner.emissions}
-                log_lik, posts = aligner.fit(raw, words, tmask)
+                log_lik, posts = aligner(raw, words, tmask)
                 loss = loss + aligner.nll(log_lik, raw)
                 for m, post in posts.items():
-                    plans[m] = relaxed_plan(aligner.scores(post), frames[m], batch[f"{m}_mask"], tmask)
+                    plans[m] = relaxed_ot_from_scores(aligner.scores(post), frames[m], batch[f"{m}_mask"], tmask)
             return loss, plans
         for m in SOURCES:
             x, mask = batch[m], batch[f"{m}_mask"]
@@ -75,7 +75,7 @@ class Probe(nn.Module):
             if self.objective == "reconstruct_prior":
                 logits = logits - self.log_beta.exp() * position_gap(mask, tmask).square() / 0.1
             logits = logits.masked_fill(~tmask[:, None, :], float("-inf"))
-            plans[m] = relaxed_plan(lambda s, r, blocked: logits[:, s:s + r].detach() + blocked, frames[m], mask, tmask)
+            plans[m] = relaxed_ot_from_scores(lambda s, r, blocked: logits[:, s:s + r].detach() + blocked, frames[m], mask, tmask)
             if self.objective.startswith("reconstruct"):
                 guess = torch.softmax(logits, -1) @ self.rebuild[m](words)             # (B, T_m, d_in)
                 w = mask[..., None].float()
@@ -123,7 +123,7 @@ def accuracy(probe, batch, truth):
             _, plans = probe(part, {m: t[start:start + 64] for m, t in truth.items()})
             for m in SOURCES:
                 hits[m] += plan_hits(plans[m], truth[m][start:start + 64])
-                uniform = uniform_align(part[m], part[f"{m}_mask"], part["text"].abs().sum(-1) > 0)
+                uniform = time_proportional(part[m], part[f"{m}_mask"], part["text"].abs().sum(-1) > 0)
                 time_hits[m] += plan_hits(uniform, truth[m][start:start + 64])
     return ({m: round(float(h[0] / h[2]), 3) for m, h in hits.items()},
             {m: round(float(h[0] / h[2]), 3) for m, h in time_hits.items()})

@@ -1,0 +1,204 @@
+"""The learned aligner (ours, not the paper's): a cost for relaxed OT learned from the data.
+
+Each word predicts the frames spoken in it (:class:`FrameEmission`, one per source modality), and
+:class:`WordAligner` turns those likelihoods into each frame's log posterior over the words,
+under a left-to-right word chain on one clock for every source (``monotone``, the forward–backward
+of :mod:`.lattice`) or a per-frame mixture with a position prior (``mixture``). Trained by the
+frames' negative log-likelihood (L_plan); its posteriors' argmax is the relaxed-OT plan.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import ScoreBlock, position_gap
+from .lattice import monotone_alignment
+
+__all__ = ["FrameEmission", "WordAligner"]
+
+
+def _grid_emissions(emits: List[Tensor], masks: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The sources on one clock: per sample a grid of G = max(n_m) steps, step g collecting the
+    log-likelihood of each source's frame at relative time (g + ½)/G, weighted n_m/G so that
+    every frame counts once. ``emits``: (B, T_m, T_l) per source; ``masks``: (B, T_m) per source.
+    -> (grid log-likelihoods (B, G, T_l), grid mask (B, G), G per sample (B,))."""
+    counts = [mask.sum(1) for mask in masks]                                   # (B,) frames per source
+    n_grid = torch.stack(counts).amax(0).clamp_min(1)                          # (B,)
+    if torch.jit.is_tracing():
+        # the export: as many grid steps as the longest padded source, a length the graph keeps
+        # dynamic (int() would freeze it); the extra steps are masked, so nothing changes
+        steps = torch.stack([torch._shape_as_tensor(mask)[1] for mask in masks]).amax()
+    else:
+        steps = int(n_grid.max())
+    device = masks[0].device
+    grid_mask = torch.arange(steps, device=device)[None, :] < n_grid[:, None]
+    g = torch.arange(steps, device=device, dtype=torch.float64)[None, :] + 0.5   # (1, G)
+    grid_emit = None
+    for e, count in zip(emits, counts):
+        n = count.clamp_min(1)
+        frame = (g * n[:, None] / n_grid[:, None]).floor().long().clamp(max=e.shape[1] - 1)  # (B, G)
+        weight = (count / n_grid).to(e.dtype)[:, None, None]                     # 0 where absent
+        picked = e.gather(1, frame[..., None].expand(-1, -1, e.shape[2]))
+        term = weight * picked.masked_fill(weight == 0, 0.0)
+        grid_emit = term if grid_emit is None else grid_emit + term
+    return grid_emit, grid_mask, n_grid
+
+
+def _grid_posteriors(grid_post: Tensor, masks: List[Tensor], n_grid: Tensor) -> List[Tensor]:
+    """Each source frame's log posterior over the words is its grid step's: (B, T_m, T_l) per source."""
+    steps = grid_post.shape[1]
+    posts = []
+    for mask in masks:
+        count = mask.sum(1).clamp_min(1)
+        k = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float64)[None, :] + 0.5
+        step = (k * n_grid[:, None] / count[:, None]).floor().long().clamp(max=steps - 1)
+        posts.append(grid_post.gather(1, step[..., None].expand(-1, -1, grid_post.shape[2]))
+                     .masked_fill(~mask[..., None], float("-inf")))
+    return posts
+
+
+class FrameEmission(nn.Module):
+    """How one source modality's frames look in each word: ``log p(x_i | word j)``.
+
+    Each word j predicts the frames spoken in it: a Gaussian with mean ``read(h_j)`` (h_j the
+    word's encoded features, d_model wide) and a learned diagonal spread, over the source's raw
+    frames centred per utterance (which removes speaker and channel offsets) and scaled per
+    feature by running statistics (as batch norm keeps them, so that at inference a sample's
+    plan does not depend on the rest of its batch).
+    """
+
+    def __init__(self, d_model: int, d_frame: int):
+        super().__init__()
+        self.read = nn.Linear(d_model, d_frame)                    # word features -> expected frame
+        self.log_spread = nn.Parameter(torch.zeros(d_frame))       # per-feature log std of frames
+        # running per-feature scale, a cumulative average (the raw inputs do not drift)
+        self.norm = nn.BatchNorm1d(d_frame, affine=False, momentum=None)
+
+    @property
+    def width(self) -> int:
+        return self.read.out_features
+
+    def observations(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """(B, T_m, d_frame) raw frames -> centred per utterance, scaled per feature; padding 0.
+        Call once per forward: in training it updates the running statistics."""
+        weights = frame_mask.to(frames.dtype)[..., None]
+        centred = frames - (frames * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        if not self.training:  # running statistics: one map per feature, no gather of the valid frames
+            scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+            return ((centred.detach() - self.norm.running_mean) * scale).masked_fill(~frame_mask[..., None], 0.0)
+        out = torch.zeros_like(centred)
+        valid = centred[frame_mask].detach()                                   # (N_valid, d_frame)
+        if valid.shape[0] > 1:
+            out[frame_mask] = self.norm(valid)
+        elif valid.shape[0]:  # batch statistics need two frames: one frame uses the running ones
+            out[frame_mask] = F.batch_norm(valid, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
+        return out
+
+    def log_likelihood(self, obs: Tensor, words: Tensor) -> Tensor:
+        """log p(x_i | word j), (B, T_m, T_l). As matrix products:
+        −½ Σ_d (x_d − μ_jd)²/s_d² = −½ [x²/s² · 1 − 2 (x/s²)·μ_j + μ_j²/s² · 1]."""
+        mean = self.read(words)                                                # (B, T_l, d)
+        inv_var = torch.exp(-2 * self.log_spread)                              # (d,)
+        quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, T_m, 1)
+                - 2 * (obs * inv_var) @ mean.transpose(1, 2)                   # (B, T_m, T_l)
+                + (mean.square() * inv_var).sum(-1)[:, None, :])               # (B, 1, T_l)
+        return -0.5 * quad - self.log_spread.sum() - 0.5 * obs.shape[-1] * math.log(2 * math.pi)
+
+
+class WordAligner(nn.Module):
+    """A learned cost for relaxed OT (ours, not the paper's): ``C(i, j) = −log p(frame i of a
+    source is spoken in word j | frames, words)``, the negative log posterior of a small
+    alignment model learned from the data alone (no true alignments).
+
+    Why: the paper's cost, ``1 − cos`` between encoded frames and words, is only meaningful if
+    the encoders already map a frame and its word to similar vectors, and nothing trains them to:
+    the argmin passes no gradient, and the task loss cannot say which frame belongs to which
+    word. This model learns the alignment the way speech forced aligners and IBM-style translation
+    models do: each word predicts its frames (:class:`FrameEmission`, one per source), and the
+    model is trained by maximising the likelihood of the frames (:meth:`forward`, :meth:`nll`),
+    which a word can only raise by predicting the frames that really belong to it. Structures:
+
+    * ``"monotone"``: words are spoken in order, each for a while, and every source records the
+      same speech on one clock (frame k of n_m sits at relative time (k + ½)/n_m). One
+      left-to-right chain over the words (:func:`monotone_alignment`) runs on a common grid of
+      max(n_m) steps per sample, whose step g collects the log-likelihood of the frame of each
+      source at that time, weighted n_m/G so every frame counts once; a frame's posterior is its
+      grid step's. Audio and vision thus pool their evidence on where each word starts and ends.
+    * ``"mixture"``: each frame on its own, a mixture over the words with a prior
+      ``π(j | i) ∝ exp(−β·δ(i, j)²)`` towards the time-proportional position (:func:`position_gap`,
+      β learned, starting at ``position_prior``).
+
+    The posterior's argmax over words is the relaxed-OT plan (:meth:`scores` for
+    :func:`.ot.relaxed_ot_from_scores` / :func:`.soft.soft_ot_from_scores`).
+    """
+
+    STRUCTURES = ("monotone", "mixture")
+
+    def __init__(self, d_model: int, frame_dims: Mapping[str, int], structure: str = "monotone",
+                 position_prior: float = 0.05, skip: float = 0.05):
+        super().__init__()
+        if structure not in self.STRUCTURES:
+            raise ValueError(f"structure must be one of {self.STRUCTURES}, got {structure!r}")
+        if not position_prior > 0:
+            raise ValueError(f"position_prior must be > 0 (it is learned in log space), got {position_prior}")
+        if not 0 < skip < 1:
+            raise ValueError(f"skip must be in (0, 1), got {skip}")
+        self.structure, self.skip = structure, skip
+        self.emissions = nn.ModuleDict({m: FrameEmission(d_model, d) for m, d in frame_dims.items()})
+        if structure == "mixture":
+            self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
+
+    def forward(self, frames: Mapping[str, Tuple[Tensor, Tensor]], words: Tensor, word_mask: Tensor,
+                present: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, dict]:
+        """``frames``: source -> (raw frames (B, T_m, d_m), mask (B, T_m)); ``words`` (B, T_l, d_model);
+        ``present``: source -> (B,) bool, which samples have it (default all).
+        -> (log_lik (B,): log p(the present sources' frames), {source: log posteriors (B, T_m, T_l),
+        −inf on padding and impossible pairs}). In training it updates the running statistics."""
+        emit, masks = {}, {}
+        for m, (x, mask) in frames.items():
+            keep = mask if present is None else mask & present[m][:, None]
+            emit[m] = self.emissions[m].log_likelihood(self.emissions[m].observations(x, keep), words)
+            masks[m] = keep
+        if self.structure == "mixture":
+            return self._mixture(emit, masks, word_mask)
+        return self._monotone(emit, masks, word_mask)
+
+    def _mixture(self, emit, masks, word_mask):
+        log_lik, posts = 0.0, {}
+        for m, e in emit.items():
+            gap = position_gap(masks[m], word_mask, dtype=e.dtype)
+            prior = torch.log_softmax((-self.log_beta.exp() * gap.square()).masked_fill(~word_mask[:, None, :], float("-inf")), -1)
+            joint = (e + prior).masked_fill(~word_mask[:, None, :], float("-inf"))
+            per_frame = torch.logsumexp(joint, dim=-1)                          # (B, T_m)
+            posts[m] = (joint - per_frame[..., None]).masked_fill(~masks[m][..., None], float("-inf"))
+            log_lik = log_lik + per_frame.masked_fill(~masks[m], 0.0).sum(1)
+        return log_lik, posts
+
+    def _monotone(self, emit, masks, word_mask):
+        names = list(emit)
+        frame_masks = [masks[m] for m in names]
+        grid_emit, grid_mask, n_grid = _grid_emissions([emit[m] for m in names], frame_masks)
+        log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip)
+        posts = _grid_posteriors(grid_post, frame_masks, n_grid)
+        return log_lik, dict(zip(names, posts))
+
+    def nll(self, log_lik: Tensor, frames: Mapping[str, Tuple[Tensor, Tensor]],
+            present: Optional[Mapping[str, Tensor]] = None, samples: Optional[Tensor] = None) -> Tensor:
+        """The training loss L_plan: −log p(frames) per frame and feature, over ``samples`` (B,) bool."""
+        samples = torch.ones_like(log_lik, dtype=torch.bool) if samples is None else samples
+        size = sum((mask & (samples if present is None else samples & present[m])[:, None]).sum()
+                   * self.emissions[m].width for m, (_, mask) in frames.items())
+        return -(log_lik * samples).sum() / max(int(size), 1)
+
+    @staticmethod
+    def scores(log_post: Tensor) -> ScoreBlock:
+        """The posteriors as blockwise scores for the relaxed and soft plans (:data:`.common.ScoreBlock`)."""
+        def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
+            # −inf only where impossible; a floor keeps a fully impossible row (padding) finite
+            return log_post[:, start:start + rows].clamp_min(-1e4) + blocked_out
+        return block
+
