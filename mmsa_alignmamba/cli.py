@@ -470,7 +470,8 @@ def cmd_ablate(argv) -> int:
 
 
 def cmd_report(argv) -> int:
-    from .report import METRIC_NAMES, write_report
+    from .publish import write_report
+    from .report import METRIC_NAMES
     p = ArgumentParser(prog="mmsa report", description="Rebuild the summary of every finished run in a results "
                        "directory and its publication forms. Writes there: summary.csv (mean ± std over seeds per "
                        "model and setting, oracle rows of synthetic data, plan accuracies where the true alignment is "

@@ -71,7 +71,7 @@ class LocalExecutor:
 
     def run(self, jobs: list[Job], settings: RunSettings, store: ResultStore, done: Done, running=None) -> None:
         """Train and test each job here; ``running(count)`` is not called: one runs at a time."""
-        from .runner import train_and_test
+        from .cell_training import train_and_test
         _set_threads(self.cpus_per_run)
         for job in jobs:
             logger.info("running %s (%d test setting(s))", job.name, len(job.test_cells))
@@ -95,7 +95,7 @@ def _inputs_of(settings: RunSettings) -> dict[str, bytes]:
 
 def _ray_train(job: Job, settings: RunSettings, fingerprint: str, inputs: dict, cpus_per_run) -> dict:
     """A Ray task: train and test ``job`` in a temporary folder; -> the files the driver writes."""
-    from .runner import train_and_test
+    from .cell_training import train_and_test
     _set_threads(cpus_per_run)
     with tempfile.TemporaryDirectory(prefix="mmsa-ray-task-") as tmp:
         tmp = Path(tmp)

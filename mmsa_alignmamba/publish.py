@@ -16,21 +16,25 @@ import pandas as pd
 from .report import (
     COMPLETE,
     F1_OF,
-    LOWER_IS_BETTER,
     METRIC_NAMES,
     SIGNIFICANCE_NOTE,
     applied_rate,
     format_cell,
     metric_title,
+    paper_reference,
     rate_label,
     reported_tables,
+    side_by_side,
     side_by_side_blocks,
     significant,
+    summary_tables,
     synthetic_note,
+    write_summary,
 )
-from .safeio import atomic_write
+from .results import lower_is_better
+from .safeio import atomic_write, atomic_write_text
 
-__all__ = ["robustness_figures", "latex", "html", "FIGURE_FORMATS"]
+__all__ = ["write_report", "robustness_figures", "latex", "html", "FIGURE_FORMATS"]
 
 FIGURE_FORMATS = ("pdf", "svg", "png")
 PNG_DPI = 200
@@ -95,7 +99,7 @@ def _best(block: pd.DataFrame, metric: str, rate: float) -> float | None:
     here = block[block["MissingRate"] == rate][metric].dropna()
     if here.empty:
         return None
-    return here.min() if metric in LOWER_IS_BETTER else here.max()
+    return here.min() if lower_is_better(metric) else here.max()
 
 
 def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: bool = False) -> str:
@@ -197,7 +201,6 @@ def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures
          paper_rows: bool = False) -> str:
     """One self-contained page: the leaderboard as a sortable table (click a header), the
     side-by-side tables, the figures embedded as PNG, the paper's numbers apart."""
-    from .report import side_by_side
     title = f"mmsa report — {Path(res_dir).name}"
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body>", f"<h1>{_html.escape(title)}</h1>"]
@@ -220,7 +223,6 @@ def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures
             parts.append(f"<figure><img alt=\"{_html.escape(path.stem)}\" src=\"data:image/png;base64,{data}\">"
                          f"<figcaption>{_html.escape(path.stem)} (PDF and SVG beside it)</figcaption></figure>")
     if paper_rows:
-        from .report import paper_reference
         parts.append("<div class=\"reported\">" + _markdown_tables_to_html(paper_reference(summary)) + "</div>")
     parts.append(f"<script>{_SORT_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
@@ -252,3 +254,22 @@ def _markdown_tables_to_html(text: str) -> str:
             out.append(f"<p>{_html.escape(line.strip())}</p>")
     flush()
     return "\n".join(out)
+
+
+def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), paper_rows: bool = False) -> dict:
+    """`mmsa report`: the summary of every run under res_dir (the same files a run writes, with
+    the side-by-side table and significance for ``metric``), its figures, and the LaTeX / HTML
+    forms asked for. -> {what: path}, plus "notes": things the reader should know."""
+    res_dir = Path(res_dir)
+    tables = summary_tables(res_dir, metric)
+    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows, tables=tables)
+    _, summary, sig = tables
+    figures, notes = robustness_figures(summary, res_dir / "figures", metric)
+    paths.update({f"figure{i + 1}": p for i, p in enumerate(figures)})
+    if "latex" in formats:
+        paths["latex"] = atomic_write_text(res_dir / "summary.tex", latex(summary, sig, metric, paper_rows))
+    if "html" in formats:
+        paths["html"] = atomic_write_text(res_dir / "summary.html",
+                                          html(res_dir, summary, sig, metric, figures, paper_rows))
+    paths["notes"] = notes
+    return paths

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import COMPLETE, ResultStore, model_label, plan_kinds
+from .results import COMPLETE, ResultStore, lower_is_better, model_label, plan_kinds
 from .safeio import atomic_write, atomic_write_text
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -28,7 +28,6 @@ METRIC_NAMES = {"Has0_acc_2": "Has0 Acc-2 (%)", "Has0_F1_score": "Has0 F1 (%)", 
                 "Mult_acc_5": "Acc-5 (%)", "Mult_acc_7": "Acc-7 (%)", "F1_score": "F1 (%)", "MAE": "MAE",
                 "Corr": "Corr"}
 F1_OF = {"Has0_acc_2": "Has0_F1_score", "Non0_acc_2": "Non0_F1_score", "Mult_acc_2": "F1_score"}
-LOWER_IS_BETTER = {"MAE", "Loss"}
 SIGNIFICANCE_LEVEL = 0.05
 SIGNIFICANCE_NOTE = (f"† : better than the best other model of the same setting at p < {SIGNIFICANCE_LEVEL:g} "
                      "(Welch's t-test over seeds, two-sided; needs 2+ seeds on both sides)")
@@ -95,7 +94,7 @@ def significance(records: list[dict], metric: str) -> pd.DataFrame:
     cells = cell_table(records)
     if cells.empty or metric not in cells.columns:
         return pd.DataFrame(columns=KEYS + ["Versus", "P", "Better"])
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sign = -1.0 if lower_is_better(metric) else 1.0
     rows = []
     for key, group in cells.groupby(KEYS[1:], sort=True):
         seeds = {m: g[metric].dropna().to_numpy() for m, g in group.groupby("Model")}
@@ -199,7 +198,7 @@ def write_csv(df: pd.DataFrame, path) -> Path:
     return Path(path)
 
 
-def _tables(res_dir: Path, metric: str) -> tuple[ResultStore, pd.DataFrame, pd.DataFrame]:
+def summary_tables(res_dir: Path, metric: str) -> tuple[ResultStore, pd.DataFrame, pd.DataFrame]:
     """The store of ``res_dir``, its summary and the significance table for ``metric`` (records read once)."""
     store = ResultStore(res_dir)
     records = store.records()
@@ -210,9 +209,9 @@ def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", pa
                   tables=None) -> dict[str, Path]:
     """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate
     runs); the side-by-side table and the significance columns are for ``metric``. ``tables``:
-    what _tables gives, when the caller has it already."""
+    what summary_tables gives, when the caller has it already."""
     res_dir = Path(res_dir)
-    store, summary, sig = tables or _tables(res_dir, metric)
+    store, summary, sig = tables or summary_tables(res_dir, metric)
     table = summary
     if not sig.empty:
         table = summary.merge(sig.rename(columns={"Versus": f"{metric}_versus", "P": f"{metric}_p",
@@ -360,23 +359,3 @@ def paper_reference(summary: pd.DataFrame) -> str:
             text += f"| {label} (reported in the paper) | {complete} | " + " | ".join(m or "—" for m in missing) + " |\n"
         text += "\n"
     return text
-
-
-def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), paper_rows: bool = False) -> dict:
-    """`mmsa report`: the summary of every run under res_dir (the same files a run writes, with
-    the side-by-side table and significance for ``metric``), its figures, and the LaTeX / HTML
-    forms asked for. -> {what: path}, plus "notes": things the reader should know."""
-    from . import publish
-    res_dir = Path(res_dir)
-    tables = _tables(res_dir, metric)
-    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows, tables=tables)
-    _, summary, sig = tables
-    figures, notes = publish.robustness_figures(summary, res_dir / "figures", metric)
-    paths.update({f"figure{i + 1}": p for i, p in enumerate(figures)})
-    if "latex" in formats:
-        paths["latex"] = atomic_write_text(res_dir / "summary.tex", publish.latex(summary, sig, metric, paper_rows))
-    if "html" in formats:
-        paths["html"] = atomic_write_text(res_dir / "summary.html",
-                                          publish.html(res_dir, summary, sig, metric, figures, paper_rows))
-    paths["notes"] = notes
-    return paths

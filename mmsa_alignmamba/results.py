@@ -16,6 +16,14 @@ logger = logging.getLogger("mmsa_alignmamba")
 
 COMPLETE = "complete"
 
+#: MMSA's metrics where a smaller value is better (every other one: larger is better)
+LOWER_IS_BETTER = frozenset({"MAE", "Loss"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller ``metric`` is better: the one rule for early stopping, tuning and reports."""
+    return metric in LOWER_IS_BETTER
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -1,10 +1,8 @@
 """What a run runs with and where it writes: the run settings, MMSA's output-folder policy and
-checkpoint naming, in one place for our runner and for the MMSA_run fixes (host.py)."""
+checkpoint naming, in one place for our runner and for the MMSA_run fixes (host). A leaf module."""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -50,15 +48,3 @@ class RunSettings:
     def checkpoint_path(self, cell) -> Path:
         """Our runner's checkpoints: one per cell, named by the cell's slug."""
         return Path(self.model_save_dir) / f"{cell.slug}.pth"
-
-    def fingerprint(self) -> str:
-        """What makes two runs of the same cell comparable: config contents, data, training budget.
-        Without -c the config is MMSA's and the plugins' shipped defaults, so those count: after an
-        upgrade that changes a default, old results are run again rather than silently reused."""
-        from . import host  # host reads this module's output policy: import it when needed
-        config_text = Path(self.config_file).read_text() if self.config_file else host.default_configs_text()
-        relevant = {k: str(v) for k, v in asdict(self).items()
-                    if k not in ("device", "num_workers", "model_save_dir", "res_save_dir", "log_dir", "config_file",
-                                 "true_alignment", "oracle")}
-        relevant["config"] = config_text
-        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

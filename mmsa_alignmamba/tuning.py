@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .results import lower_is_better
 from .safeio import atomic_write_text
 
-__all__ = ["search_space", "run_tune", "default_grace_period", "REDUCTION_FACTOR", "LOWER_IS_BETTER_KEYS"]
+__all__ = ["search_space", "run_tune", "default_grace_period", "REDUCTION_FACTOR"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-LOWER_IS_BETTER_KEYS = ("Loss", "MAE")
 REDUCTION_FACTOR = 3  # ASHA's default: keep one trial in 3 at each rung
 
 
@@ -61,7 +61,7 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
     from ray import tune
 
     from . import host
-    from .runner import EpochBudget, EpochBudgetReached
+    from .cell_training import EpochBudget, EpochBudgetReached
     torch.set_num_threads(cpus)
     with tempfile.TemporaryDirectory(prefix="mmsa-tune-trial-") as tmp:
         tmp = Path(tmp)
@@ -87,14 +87,14 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
                 net.load_state_dict(state["weights"])
                 progress = {"epoch": int(state["epoch"]), "best": state.get("best_valid")}
         key = args["KeyEval"]
-        lower_is_better = key in LOWER_IS_BETTER_KEYS
+        lower = lower_is_better(key)
         evaluate = trainer.do_test
 
         def do_test(model_, loader, mode="VAL", **kwargs):
             results = evaluate(model_, loader, mode=mode, **kwargs)
             if str(mode).startswith("VAL"):
                 value, best = float(results[key]), progress["best"]
-                if best is None or (value < best if lower_is_better else value > best):
+                if best is None or (value < best if lower else value > best):
                     progress["best"] = value
                 progress["epoch"] += 1
                 with tempfile.TemporaryDirectory() as d:
@@ -141,7 +141,7 @@ def run_tune(model: str, dataset: str, feature_path: str, out_dir, *, trials: in
 
     from . import host
     key = host.load_config(model, dataset, config_file)["KeyEval"]
-    mode = "min" if key in LOWER_IS_BETTER_KEYS else "max"
+    mode = "min" if lower_is_better(key) else "max"
     started = False
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,

@@ -235,7 +235,7 @@ def test_changed_default_config_invalidates_results_but_a_given_config_pins_them
     from dataclasses import replace
 
     from mmsa_alignmamba import host
-    from mmsa_alignmamba.runner import RunSettings
+    from mmsa_alignmamba.runner import RunSettings, fingerprint
 
     shipped = tmp_path / "plugin.json"
     shipped.write_text(json.dumps({"alignmamba": {"commonParams": {"ot_cost": "cosine"}}}))
@@ -244,7 +244,7 @@ def test_changed_default_config_invalidates_results_but_a_given_config_pins_them
     given = tmp_path / "mine.json"
     given.write_text("{}")
     default_run, pinned_run = RunSettings(), RunSettings(config_file=str(given))
-    before = default_run.fingerprint(), pinned_run.fingerprint()
+    before = fingerprint(default_run), fingerprint(pinned_run)
     shipped.write_text(json.dumps({"alignmamba": {"commonParams": {"ot_cost": "monotone"}}}))
-    assert default_run.fingerprint() != before[0]
-    assert pinned_run.fingerprint() == before[1]
+    assert fingerprint(default_run) != before[0]
+    assert fingerprint(pinned_run) == before[1]

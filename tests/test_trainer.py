@@ -80,7 +80,7 @@ def test_plan_accuracy_is_measured_where_the_true_alignment_is_known(tmp_path):
     time-proportional plan's matches an independent count, and data without maps reports none."""
     import numpy as np
 
-    from mmsa_alignmamba.runner import attach_true_alignment
+    from mmsa_alignmamba.cell_training import attach_true_alignment
     from mmsa_alignmamba.safeio import safe_pickle_load
 
     path = write_synthetic(tmp_path / "wl.pkl", like="mosi", size={"train": 16, "valid": 8, "test": 12}, seed=4,
