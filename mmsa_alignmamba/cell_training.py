@@ -50,12 +50,9 @@ def cell_args(cell: Cell, settings: RunSettings):
     args = host.load_config(cell.model, cell.dataset, settings.config_file)
     if settings.aligned:
         args.update(host.aligned_dataset_params(cell.dataset))
-    args.update(
-        featurePath=settings.feature_path or args["featurePath"], custom_feature=None,
-        feature_T=settings.feature_T, feature_A=settings.feature_A, feature_V=settings.feature_V,
-        device=torch.device(settings.device), train_mode="regression",
-        model_save_path=settings.checkpoint_path(cell),
-    )
+    args.update(host.mmsa_run_args(settings.feature_path or args["featurePath"], settings.device,
+                                   settings.checkpoint_path(cell), settings.feature_T, settings.feature_A,
+                                   settings.feature_V))
     if settings.early_stop is not None:
         args["early_stop"] = settings.early_stop
     if settings.epochs is not None:

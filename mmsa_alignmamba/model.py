@@ -30,6 +30,7 @@ from .alignment import OTAlignment, WordAligner, bandwidth_spec
 from .alignment.ot import TimeProportional
 from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
+from .registry import Registry
 
 FUSIONS = ("interleave", "single_stream", "multi_stream")
 OT_COSTS = ("cosine", "monotone", "mixture")
@@ -388,33 +389,28 @@ AlignMambaForMMSA.config_kinds = {"mmd_sigmas": ("a list", "a number", "a string
 
 
 # The paper's Table 3 ablations (plus language-only, the paper's cosine OT cost and our modality
-# dropout), as config overrides on top of AlignMamba.
+# dropout), as config overrides on top of AlignMamba: one registry entry each, with what it means.
 # Without OT, audio/vision still need a length-T_l grid to interleave: the time-proportional plan.
-ABLATIONS: dict[str, dict] = {
-    "alignmamba": {},
-    "paper_ot_cost": {"ot_cost": "cosine"},
-    "wo_local_ot": {"local_alignment": "none"},
-    "wo_global_mmd": {"global_alignment": "none"},
-    "paper_mmd": {"global_alignment": "mmd"},
-    "single_stream": {"fusion": "single_stream", "global_alignment": "none"},
-    "multi_stream": {"fusion": "multi_stream", "global_alignment": "none"},
-    "wo_audio": {"modalities": ["text", "vision"]},
-    "wo_video": {"modalities": ["text", "audio"]},
-    "wo_language": {"modalities": ["audio", "vision"]},
-    "language_only": {"modalities": ["text"]},
-    "modality_dropout": {"modality_dropout": 0.3},
-}
-ABLATION_MEANINGS: dict[str, str] = {
-    "alignmamba": "the model as configured",
-    "paper_ot_cost": "the paper's OT cost (cosine of encoded features) instead of the learned aligner's",
-    "wo_local_ot": "no local alignment: the time-proportional plan puts audio/vision on the word grid",
-    "wo_global_mmd": "no global alignment (no MMD loss)",
-    "paper_mmd": "the paper's global alignment: MMD² between aligned audio/vision and text (off by default)",
-    "single_stream": "modalities concatenated along time, unaligned, one Mamba",
-    "multi_stream": "one Mamba per modality, pooled and fused late",
-    "wo_audio": "text and vision only",
-    "wo_video": "text and audio only",
-    "wo_language": "audio and vision only (vision mapped onto the audio timeline)",
-    "language_only": "text only",
-    "modality_dropout": "ours: training-time modality dropout 0.3 (robustness to missing modalities)",
-}
+ABLATIONS = Registry("ablation variant")
+for _name, _overrides, _meaning in (
+    ("alignmamba", {}, "the model as configured"),
+    ("paper_ot_cost", {"ot_cost": "cosine"},
+     "the paper's OT cost (cosine of encoded features) instead of the learned aligner's"),
+    ("wo_local_ot", {"local_alignment": "none"},
+     "no local alignment: the time-proportional plan puts audio/vision on the word grid"),
+    ("wo_global_mmd", {"global_alignment": "none"}, "no global alignment (no MMD loss)"),
+    ("paper_mmd", {"global_alignment": "mmd"},
+     "the paper's global alignment: MMD² between aligned audio/vision and text (off by default)"),
+    ("single_stream", {"fusion": "single_stream", "global_alignment": "none"},
+     "modalities concatenated along time, unaligned, one Mamba"),
+    ("multi_stream", {"fusion": "multi_stream", "global_alignment": "none"},
+     "one Mamba per modality, pooled and fused late"),
+    ("wo_audio", {"modalities": ["text", "vision"]}, "text and vision only"),
+    ("wo_video", {"modalities": ["text", "audio"]}, "text and audio only"),
+    ("wo_language", {"modalities": ["audio", "vision"]},
+     "audio and vision only (vision mapped onto the audio timeline)"),
+    ("language_only", {"modalities": ["text"]}, "text only"),
+    ("modality_dropout", {"modality_dropout": 0.3},
+     "ours: training-time modality dropout 0.3 (robustness to missing modalities)"),
+):
+    ABLATIONS.register(_name, _overrides, meaning=_meaning)

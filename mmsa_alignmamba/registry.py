@@ -57,7 +57,8 @@ class Registry:
     """Named entries of one ``kind`` (e.g. "local_alignment"), optionally fed by an entry-point ``group``.
 
     ``builtins``: name -> object or import string, this package's own entries, in their listing
-    order. Names are case-insensitive (stored lower-case).
+    order. Names are case-insensitive (stored lower-case). Read like a dict of name -> object
+    (``reg[name]``, ``list(reg)``, ``reg.items()``); ``reg[name] = obj`` registers.
     """
 
     def __init__(self, kind: str, group: str | None = None, builtins: Mapping[str, Any] | None = None):
@@ -76,6 +77,16 @@ class Registry:
         self._targets[name.lower()] = (obj, distribution, meta)
         self._loaded = None
         return obj
+
+    def unregister(self, name: str) -> None:
+        """Remove the entry ``name`` added with :meth:`register` (tests, and plugins that withdraw one)."""
+        del self._targets[name.lower()]
+        self._loaded = None
+
+    __setitem__ = register
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
 
     def refresh(self) -> None:
         """Forget what was loaded (after installing a distribution at run time, e.g. in tests)."""
@@ -125,8 +136,21 @@ class Registry:
             raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {', '.join(entries) or 'none'}")
         return entries[key]
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, *default) -> Any:
+        """The object ``name``; unknown: ``default`` if one is given (as dict.get), else one error."""
+        if default and name not in self:
+            return default[0]
         return self.entry(name).obj
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, object) of every entry, in listing order."""
+        return [(name, entry.obj) for name, entry in self.entries().items()]
 
     def create(self, name: str, *args, **kwargs) -> Any:
         """``get(name)(*args, **kwargs)``: build the named thing."""

@@ -72,8 +72,7 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
             config_file.write_text(config_text)
         args = host.load_config(model, dataset, config_file)
         args.update(params)
-        args.update(featurePath=str(tmp / "data.pkl"), custom_feature=None, feature_T="", feature_A="", feature_V="",
-                    device=torch.device("cpu"), train_mode="regression", model_save_path=str(tmp / "best.pth"),
+        args.update(host.mmsa_run_args(str(tmp / "data.pkl"), "cpu", str(tmp / "best.pth")),
                     cur_seed=1111, max_epochs=max_epochs)
         host.setup_seed(1111)
         loaders = host.build_dataloaders(args, 0)

@@ -64,7 +64,7 @@ def test_limits_record_a_status_instead_of_crashing(tmp_path, flag, value, statu
 
 def test_transformer_baseline_is_alignmamba_with_transformer_fusion():
     torch.manual_seed(0)
-    args = bench.build_args("transformer", "cpu")
+    args = bench.bench_args("transformer", "cpu")
     model = bench.build_bench_model("transformer", args).eval()
     core = model.Model
     stack = core.fusion[0]
@@ -74,7 +74,7 @@ def test_transformer_baseline_is_alignmamba_with_transformer_fusion():
     assert layer.self_attn.embed_dim == core.cfg.d_model and layer.self_attn.num_heads == 4
     assert layer.linear1.out_features == 4 * core.cfg.d_model
     assert not any("mixer" in name for name, _ in model.named_modules())  # no Mamba left
-    reference = bench.build_bench_model("alignmamba", bench.build_args("alignmamba", "cpu"))
+    reference = bench.build_bench_model("alignmamba", bench.bench_args("alignmamba", "cpu"))
     # same encoders and head as AlignMamba
     assert set(dict(core.named_children())) == set(dict(reference.Model.named_children()))
     inputs, extras = bench.random_inputs("transformer", 8, 2, "cpu")

@@ -94,7 +94,7 @@ def test_the_config_files_handed_to_mmsa_are_removed_when_the_process_exits():
     import subprocess
     import sys
     code = ("from mmsa_alignmamba import host; import os; "
-            "p = host.load_config.__globals__['_config_file_for']('alignmamba', None, 'regression'); "
+            "p = host.config_file_for('alignmamba', None, 'regression'); "
             "assert os.path.isfile(p); print(p)")
     path = Path(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip())
     assert path.name.startswith("config-") and not path.parent.exists()

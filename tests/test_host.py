@@ -130,8 +130,8 @@ import sys, torch
 def rss():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024
 if sys.argv[1] == 'fixed':
-    from mmsa_alignmamba import host
-    host.fix_glibc_heap_growth()
+    from mmsa_alignmamba.host import fixes
+    fixes.fix_glibc_heap_growth()
 big = torch.empty(64 * 2**20 // 4); del big    # a freed 64 MB block: glibc raises its mmap threshold
 base, keep = rss(), []
 for _ in range(40):                            # what a training step leaves: a large activation freed,

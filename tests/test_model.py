@@ -251,5 +251,5 @@ def test_config_rejects_bad_alignment_options():
 
 
 def test_every_ablation_has_a_meaning():
-    from mmsa_alignmamba.model import ABLATION_MEANINGS
-    assert list(ABLATION_MEANINGS) == list(ABLATIONS)
+    meanings = {name: entry.meta.get("meaning") for name, entry in ABLATIONS.entries().items()}
+    assert list(meanings) == list(ABLATIONS) and all(meanings.values()), meanings

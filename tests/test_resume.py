@@ -240,7 +240,7 @@ def test_changed_default_config_invalidates_results_but_a_given_config_pins_them
     shipped = tmp_path / "plugin.json"
     shipped.write_text(json.dumps({"alignmamba": {"commonParams": {"ot_cost": "cosine"}}}))
     plugin = replace(host.plugins()["alignmamba"], config_path=shipped)
-    monkeypatch.setattr(host, "plugins", lambda: {"alignmamba": plugin})
+    monkeypatch.setattr(host.configs, "plugins", lambda: {"alignmamba": plugin})
     given = tmp_path / "mine.json"
     given.write_text("{}")
     default_run, pinned_run = RunSettings(), RunSettings(config_file=str(given))

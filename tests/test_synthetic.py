@@ -206,7 +206,7 @@ def test_write_and_ensure(tmp_path, caplog):
     assert any("generating synthetic MOSI-format data (not real data)" in r.getMessage() for r in caplog.records)
     meta = json.loads(open(str(path) + ".json").read())
     assert meta["synthetic"] is True and meta["like"] == "mosi" and meta["aligned"] is False
-    assert meta["seed"] == 3 and meta["sizes"] == TINY and meta["generator_version"] == S.GENERATOR_VERSION
+    assert meta["seed"] == 3 and meta["sizes"] == TINY and meta["generator_version"] == S.FAMILIES.get("pooled").VERSION
     assert sorted(os.listdir(path.parent)) == sorted([path.name, path.name + ".json"])  # no temp files
     with open(path, "rb") as f:
         loaded = pickle.load(f)
@@ -224,7 +224,7 @@ def test_write_and_ensure(tmp_path, caplog):
     meta["generator_version"] = -1
     open(str(path) + ".json", "w").write(json.dumps(meta))
     S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=3)
-    assert S.read_metadata(path)["generator_version"] == S.GENERATOR_VERSION
+    assert S.read_metadata(path)["generator_version"] == S.FAMILIES.get("pooled").VERSION
 
     out = S.write_synthetic(tmp_path / "sub" / "x.pkl", like="sims", aligned=True, size=TINY, seed=1)
     assert out.is_file() and S.read_metadata(out)["like"] == "sims"

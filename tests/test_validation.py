@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from mmsa_alignmamba import checkpoints, cli, errors, host, safeio
+from mmsa_alignmamba.cli import run as cli_run, sweep as cli_sweep
 from mmsa_alignmamba.synthetic import make_synthetic
 
 SMALL = {"train": 4, "valid": 3, "test": 3}     # validation-only cases: never trained on
@@ -404,8 +405,8 @@ def test_fix_nonfinite_copies_of_same_named_files_do_not_collide(env, small_data
         path = folder / "unaligned_50.pkl"
         with open(path, "wb") as f:
             pickle.dump(d, f, protocol=4)
-        args = cli.run_parser().parse_args(["-m", "lf_dnn", "--feature-path", str(path), "--fix-nonfinite"])
-        used = cli.prepare_data(args, "lf_dnn").path
+        args = cli_run.run_parser().parse_args(["-m", "lf_dnn", "--feature-path", str(path), "--fix-nonfinite"])
+        used = cli_sweep.prepare_data(args, "lf_dnn").path
         paths.append(Path(used))
     assert paths[0] != paths[1]
     assert [safeio.safe_pickle_load(p)["train"]["regression_labels"][0] for p in paths] == [0, 1]

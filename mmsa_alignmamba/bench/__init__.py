@@ -46,7 +46,7 @@ from .baselines import (
            BASELINES,
            MODELS,
            Baseline,
-           build_args,
+           bench_args,
            build_bench_model,
            random_inputs,
            register,
@@ -54,5 +54,5 @@ from .baselines import (
 from .command import DEFAULT_LENGTHS, QUICK_LENGTHS, main, parser
 from .render import growth_per_doubling, summarize
 
-__all__ = ["BASELINES", "MODELS", "Baseline", "register", "build_args", "build_bench_model", "random_inputs",
+__all__ = ["BASELINES", "MODELS", "Baseline", "register", "bench_args", "build_bench_model", "random_inputs",
            "DEFAULT_LENGTHS", "QUICK_LENGTHS", "main", "parser", "growth_per_doubling", "summarize"]

@@ -1,12 +1,13 @@
 """What `mmsa bench` compares: one registry entry per model. Adding a baseline is one
 ``register(Baseline(...))``; the sweep, the ratios, the tables, the plots and the command's
-choices all read the registry."""
+choices all read the registry (:class:`~mmsa_alignmamba.registry.Registry`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
 from ..datasets import SHAPES
+from ..registry import Registry
 
 TRANSFORMER_HEADS = 4
 TRANSFORMER_FF_MULT = 4
@@ -42,11 +43,11 @@ def _with_transformer_fusion(amio):
     return amio
 
 
-BASELINES: dict[str, Baseline] = {}
+BASELINES = Registry("bench model")
 
 
 def register(baseline: Baseline) -> None:
-    BASELINES[baseline.name] = baseline
+    BASELINES.register(baseline.name, baseline)
 
 
 # AlignMamba first: every ratio is AlignMamba's cost over another entry's.
@@ -61,15 +62,12 @@ MODELS = tuple(n for n, b in BASELINES.items() if b.in_length_sweep)   # the def
 REFERENCE = "alignmamba"
 
 
-def build_args(model: str, device: str, dataset: str = "mosi"):
+def bench_args(model: str, device: str, dataset: str = "mosi"):
     """MMSA's args dict for a benchmark model (built from its ``config_model``'s config), with
-    the dataset's real feature widths."""
-    import torch
-
+    the dataset's real feature widths (no data file: benchmarks feed random inputs)."""
     from .. import host
     args = host.load_config(BASELINES[model].config_model, dataset)
-    args.update(feature_dims=list(SHAPES[dataset]["feature_dims"]), device=torch.device(device),
-                train_mode="regression")
+    args.update(host.mmsa_run_args(device=device), feature_dims=list(SHAPES[dataset]["feature_dims"]))
     return args
 
 

@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 
-from .baselines import BASELINES, build_args, build_bench_model, random_inputs
+from .baselines import BASELINES, bench_args, build_bench_model, random_inputs
 from .isolation import (
     ERROR,
     OK,
@@ -128,7 +128,7 @@ def _forward_call(name: str, spec: dict):
     """(forward, model, inputs): benchmark model `name` built at spec's dataset and shape, and a
     call that runs one pass on its random inputs (in ONNX Runtime for the ONNX entry)."""
     dataset, device = spec.get("dataset", "mosi"), spec["device"]
-    args = build_args(name, device, dataset)
+    args = bench_args(name, device, dataset)
     model = build_bench_model(name, args).eval()
     inputs, extras = random_inputs(name, spec.get("lengths") or spec["length"], spec["batch"], device,
                                    dataset=dataset, time_averaged=bool(args.get("need_normalized")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .baselines import BASELINES, build_args, build_bench_model
+from .baselines import BASELINES, bench_args, build_bench_model
 from .render import _load_note
 
 
@@ -28,9 +28,8 @@ def bench_train(opts, log) -> dict:
                "max_batches": opts.train_max_batches, "optimizer": "Adam", "models": {}}
     for model_name in ("alignmamba", "mult"):
         torch.manual_seed(0)
-        args = build_args(model_name, opts.device)
-        args.update(featurePath=str(path), custom_feature=None, feature_T="", feature_A="", feature_V="",
-                    batch_size=batch_size)
+        args = bench_args(model_name, opts.device)
+        args.update(host.mmsa_run_args(str(path), opts.device), batch_size=batch_size)
         loaders = host.build_dataloaders(args, 0)
         model = build_bench_model(model_name, args).train()
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],

@@ -61,12 +61,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import InputError, check_seed
+from ..errors import check_seed
+from ..registry import Registry
 from ..safeio import atomic_write, atomic_write_text
-from . import pooled, wordlevel
 from .common import PRESETS, SPLITS, preset, resolve_sizes, size_label
 
 __all__ = [
+    "FAMILIES",
     "TASKS",
     "PRESETS",
     "SPLITS",
@@ -81,16 +82,22 @@ __all__ = [
 
 logger = logging.getLogger("mmsa_alignmamba")
 
-# name -> (generator module, version of its signal model). A version bump makes cached files stale.
-TASKS: dict[str, tuple[Any, int]] = {"pooled": (pooled, 1), "wordlevel": (wordlevel, 1)}
-#: kept for callers of the first release, where there was one family
-GENERATOR_VERSION = TASKS["pooled"][1]
+# The families, by name (``--synthetic-task``). A family is a module (or object) with
+#   VERSION   its signal model's version: a bump makes cached files stale;
+#   SEED_TAG  the entropy it adds to [seed, preset index] (None: nothing, the first family's files),
+#             fixed per family, so that adding a family never changes another's data;
+#   structure(rng, preset) and make_split(rng, structure, preset, split, n, aligned, keep_latents);
+#   optionally oracle(data, like): the oracle ladder its sidecar keeps.
+# A distribution adds one under the entry-point group ``mmsa.synthetic_families``.
+FAMILIES = Registry("synthetic task", "mmsa.synthetic_families", {
+    "pooled": "mmsa_alignmamba.synthetic.pooled",
+    "wordlevel": "mmsa_alignmamba.synthetic.wordlevel",
+})
+TASKS = FAMILIES.names()
 
 
 def _task(task: str):
-    if task not in TASKS:
-        raise InputError(f"unknown synthetic task {task!r}; expected one of {sorted(TASKS)}")
-    return TASKS[task][0]
+    return FAMILIES.get(task)
 
 
 def make_synthetic(like: str = "mosi", aligned: bool = False,
@@ -112,8 +119,7 @@ def make_synthetic(like: str = "mosi", aligned: bool = False,
     overrides = {"train": n_train, "valid": n_valid, "test": n_test}
     if any(v is not None for v in overrides.values()):
         sizes = resolve_sizes(like, {**sizes, **{k: v for k, v in overrides.items() if v is not None}})
-    # the pooled family keeps its original seeding, so its files stay byte-identical
-    entropy = [seed, p["index"]] + ([list(TASKS).index(task)] if task != "pooled" else [])
+    entropy = [seed, p["index"]] + ([] if family.SEED_TAG is None else [family.SEED_TAG])
     s_struct, *s_splits = np.random.SeedSequence(entropy).spawn(1 + len(SPLITS))
     st = family.structure(np.random.default_rng(s_struct), p)
     data, lats = {}, {}
@@ -125,7 +131,7 @@ def make_synthetic(like: str = "mosi", aligned: bool = False,
 
 def _metadata(like, aligned, size, seed, task) -> dict[str, Any]:
     p = preset(like)
-    _task(task)
+    family = _task(task)
     T = p["seq_lens"]["aligned" if aligned else "unaligned"]
     return {
         "synthetic": True,
@@ -136,7 +142,8 @@ def _metadata(like, aligned, size, seed, task) -> dict[str, Any]:
         "size": size if isinstance(size, str) else size_label(like, size),
         "sizes": resolve_sizes(like, size),
         "seed": int(seed),
-        "generator_version": TASKS[task][1],
+        "generator_version": family.VERSION,
+        "seed_tag": family.SEED_TAG,
         "seq_lens": list(T),
         "feature_dims": list(p["feature_dims"]),
     }
@@ -166,9 +173,9 @@ def write_synthetic(path, like: str = "mosi", aligned: bool = False,
     path = Path(path)
     meta = _metadata(like, aligned, size, check_seed(seed), task)
     data = make_synthetic(like, aligned=aligned, size=size, seed=seed, task=task)
-    if task == "wordlevel":
-        from .oracle import oracle_ladder
-        meta["oracle"] = oracle_ladder(data, meta["like"])
+    oracle = getattr(_task(task), "oracle", None)
+    if oracle is not None:
+        meta["oracle"] = oracle(data, meta["like"])
     with atomic_write(path) as f:
         _dump(data, f)
     del data
@@ -204,7 +211,8 @@ def ensure_synthetic(cache_dir, like: str, aligned: bool = False,
     meta = read_metadata(path)
     want = _metadata(like, aligned, size, seed, task)
     if path.is_file() and meta is not None and meta.get("task", "pooled") == task and all(
-            meta.get(k) == want[k] for k in ("synthetic", "like", "aligned", "sizes", "seed", "generator_version")):
+            meta.get(k) == want[k] for k in ("synthetic", "like", "aligned", "sizes", "seed", "generator_version",
+                                             "seed_tag")):
         return path
     logger.info("generating synthetic %s-format data (not real data), %s family, at %s",
                 preset(like)["name"], task, path)

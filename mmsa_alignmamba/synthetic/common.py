@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import math
+
 import numpy as np
 
 from ..datasets import SHAPES
@@ -102,6 +104,29 @@ def size_label(like: str, size: str | Mapping[str, int]) -> str:
         return size
     s = resolve_sizes(like, size)
     return f"n{s['train']}-{s['valid']}-{s['test']}"
+
+
+def empty_split(n: int, p: Mapping[str, Any], aligned: bool) -> dict[str, np.ndarray]:
+    """A split's feature arrays in MMSA's keys, zero-filled: (n, T, width) per modality, text_bert (n, 3, T_l)."""
+    d_t, d_a, d_v = p["feature_dims"]
+    T_l, T_a, T_v = p["seq_lens"]["aligned" if aligned else "unaligned"]
+    return {"text": np.zeros((n, T_l, d_t), np.float32), "text_bert": np.zeros((n, 3, T_l), np.float32),
+            "audio": np.zeros((n, T_a, d_a), np.float32), "vision": np.zeros((n, T_v, d_v), np.float32)}
+
+
+def utterance_chunks(rng: np.random.Generator, n: int, sigma_polarity: float):
+    """The split in chunks of at most CHUNK samples, each with its utterance-level draws:
+    yields (first sample, slice, size B, polarity p ~ N(0, σ²), audio cue a_s, vision cue v_s ~ N(0, 1))."""
+    for s0 in range(0, n, CHUNK):
+        B = min(CHUNK, n - s0)
+        yield (s0, slice(s0, s0 + B), B, rng.normal(0.0, sigma_polarity, B), rng.normal(0.0, 1.0, B),
+               rng.normal(0.0, 1.0, B))
+
+
+def word_counts(rng: np.random.Generator, B: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Words per utterance, log-normal around 14, clipped to [2, W]: (n_words (B,), mask (B, W))."""
+    n_words = np.clip(np.round(np.exp(rng.normal(math.log(14.0), 0.5, B))), 2, W).astype(np.int64)
+    return n_words, np.arange(W)[None, :] < n_words[:, None]
 
 
 def quantize(y, scale, step):

@@ -52,7 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from .common import CHUNK, add_labels, quantize, write_text, word_average
+from .common import (add_labels, empty_split, quantize, utterance_chunks, word_average, word_counts,
+                     write_text)
+
+VERSION = 1          # of this signal model: a bump makes cached files stale
+SEED_TAG = None     # the first family: [seed, preset] alone, so its files keep their bytes
 
 # --- fixed constants of the generative model -------------------------------------------
 _VOCAB = 2000
@@ -144,9 +148,7 @@ def _frames(rng, idx, lat, P, scale, off):
 
 
 def make_split(rng, st, p, split, n, aligned, keep_latents):
-    d_t, d_a, d_v = p["feature_dims"]
     T_l, T_a_u, T_v_u = p["seq_lens"]["unaligned"]
-    T_a, T_v = (T_l, T_l) if aligned else (T_a_u, T_v_u)
     W = T_l - 2
     scale, step = p["label_scale"], p["label_step"]
     # frame rates: the longest possible utterance (mean word duration) fills ~90 % of T_m
@@ -154,12 +156,7 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
     rate_a = 0.9 * T_a_u / (W * mean_dur)
     rate_v = 0.9 * T_v_u / (W * mean_dur)
 
-    out: dict[str, np.ndarray] = {
-        "text": np.zeros((n, T_l, d_t), np.float32),
-        "text_bert": np.zeros((n, 3, T_l), np.float32),
-        "audio": np.zeros((n, T_a, d_a), np.float32),
-        "vision": np.zeros((n, T_v, d_v), np.float32),
-    }
+    out = empty_split(n, p, aligned)
     a_len = np.zeros(n, np.int64)
     v_len = np.zeros(n, np.int64)
     labels = np.zeros(n, np.float32)
@@ -170,18 +167,12 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
                                   "L", "A", "V", "X")}
     vocab_words = [f"w{i:04d}" for i in range(_VOCAB)]
 
-    for s0 in range(0, n, CHUNK):
-        B = min(CHUNK, n - s0)
-        sl = slice(s0, s0 + B)
+    for s0, sl, B, pol, a_s, v_s in utterance_chunks(rng, n, _SIGMA_P):
         # ---- sample-level latents and word timeline
-        pol = rng.normal(0.0, _SIGMA_P, B)
-        a_s = rng.normal(0.0, 1.0, B)
-        v_s = rng.normal(0.0, 1.0, B)
         nuis_a = rng.normal(0.0, 1.0, (B, 2))
         nuis_v = rng.normal(0.0, 1.0, (B, 2))
         ctx = rng.normal(0.0, 0.5 / math.sqrt(_LAT_T), (B, _LAT_T))
-        n_words = np.clip(np.round(np.exp(rng.normal(math.log(14.0), 0.5, B))), 2, W).astype(np.int64)
-        wmask = np.arange(W)[None, :] < n_words[:, None]  # (B, W)
+        n_words, wmask = word_counts(rng, B, W)                                 # (B,), (B, W)
 
         neutral = rng.random((B, W)) < _NEUTRAL_FRAC
         neutral_ids = rng.integers(0, int(_VOCAB * _NEUTRAL_FRAC), (B, W))
@@ -257,4 +248,3 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         latents = {k: np.concatenate(v) for k, v in lat_keep.items()}
         latents["word_token_offset"] = 1  # word k sits at text/token position k + 1
     return out, latents
-

@@ -55,7 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from .common import CHUNK, TRUE_MAP_KEYS, add_labels, quantize, write_text, word_average
+from .common import (TRUE_MAP_KEYS, add_labels, empty_split, quantize, utterance_chunks, word_average,
+                     word_counts, write_text)
+
+VERSION = 1          # of this signal model: a bump makes cached files stale
+SEED_TAG = 1           # fixed: its data does not depend on which other families exist
 
 # --- fixed constants of the generative model -------------------------------------------
 _VOCAB = 2000
@@ -192,20 +196,13 @@ def _frames(rng, st, m, words, phase, form, channels, t_true):
 
 
 def make_split(rng, st, p, split, n, aligned, keep_latents):
-    d_t, d_a, d_v = p["feature_dims"]
     T_l, T_a_u, T_v_u = p["seq_lens"]["unaligned"]
-    T_a, T_v = (T_l, T_l) if aligned else (T_a_u, T_v_u)
     W = T_l - 2
     scale, step = p["label_scale"], p["label_step"]
     # frame rates: a W-word utterance of average words and pauses fills ~90 % of T_m
     rates = {"audio": 0.9 * T_a_u / (W * _MEAN_WORD_S), "vision": 0.9 * T_v_u / (W * _MEAN_WORD_S)}
 
-    out: dict[str, np.ndarray] = {
-        "text": np.zeros((n, T_l, d_t), np.float32),
-        "text_bert": np.zeros((n, 3, T_l), np.float32),
-        "audio": np.zeros((n, T_a, d_a), np.float32),
-        "vision": np.zeros((n, T_v, d_v), np.float32),
-    }
+    out = empty_split(n, p, aligned)
     lengths = {m: np.zeros(n, np.int64) for m in ("audio", "vision")}
     maps = {m: np.full((n, T), -1, np.int16) for m, T in (("audio", T_a_u), ("vision", T_v_u))}
     labels = np.zeros(n, np.float32)
@@ -215,16 +212,10 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
     vocab_words = [f"w{i:04d}" for i in range(_VOCAB)]
     lat_t = _LAT_MEANING + _LAT_FORM
 
-    for s0 in range(0, n, CHUNK):
-        B = min(CHUNK, n - s0)
-        sl = slice(s0, s0 + B)
+    for s0, sl, B, pol, a_s, v_s in utterance_chunks(rng, n, _SIGMA_P):
         # ---- utterance-level latents and words
-        pol = rng.normal(0.0, _SIGMA_P, B)
-        a_s = rng.normal(0.0, 1.0, B)
-        v_s = rng.normal(0.0, 1.0, B)
         ctx = rng.normal(0.0, 0.5 / math.sqrt(lat_t), (B, lat_t))
-        n_words = np.clip(np.round(np.exp(rng.normal(math.log(14.0), 0.5, B))), 2, W).astype(np.int64)
-        wmask = np.arange(W)[None, :] < n_words[:, None]                        # (B, W)
+        n_words, wmask = word_counts(rng, B, W)                                 # (B,), (B, W)
         neutral_pick = st["neutral_ids"][np.searchsorted(st["neutral_cdf"], rng.random((B, W)) * st["neutral_cdf"][-1])
                                          .clip(0, len(st["neutral_ids"]) - 1)]
         target = pol[:, None] + rng.normal(0.0, 1.0, (B, W))
@@ -306,3 +297,9 @@ def make_split(rng, st, p, split, n, aligned, keep_latents):
         latents = {k: np.concatenate(v) for k, v in lat_keep.items()}
         latents.update({key: maps[m] for m, key in TRUE_MAP_KEYS.items()})
     return out, latents
+
+
+def oracle(data, like: str) -> dict:
+    """The oracle ladder on the test split, kept in the sidecar (:mod:`.oracle`)."""
+    from .oracle import oracle_ladder
+    return oracle_ladder(data, like)

@@ -1,0 +1,32 @@
+"""`mmsa ablate`: AlignMamba and its ablation variants, same seeds, one table."""
+from __future__ import annotations
+
+import argparse
+
+from .options import ArgumentParser, add_data_options, add_log_file, add_run_options, check_options, setup_logging
+from .sweep import build_cells, make_output_dirs, prepare_data, run_sweep, settings_from
+
+__all__ = ["main"]
+
+
+def main(argv) -> int:
+    from ..model import ABLATIONS
+    p = ArgumentParser(prog="mmsa ablate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="AlignMamba and every ablation variant (paper Table 3, plus ours), same seeds, "
+                                   "one table.\n\nvariants:\n" + "\n".join(
+                                       f"  {name:17s} {entry.meta['meaning']}" for name, entry in ABLATIONS.entries().items()))
+    add_data_options(p)
+    add_run_options(p)
+    p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    check_options(args)
+    choice = prepare_data(args, "alignmamba")
+    settings = settings_from(args, choice)
+    cells = build_cells("alignmamba", args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates,
+                        variants=[v if v != "alignmamba" else "" for v in args.variants])
+    from ..runner import check_cells
+    check_cells(cells, settings)
+    make_output_dirs(settings)
+    add_log_file(settings.log_dir, f"ablate-{args.dataset}")
+    return run_sweep(cells, settings, args)

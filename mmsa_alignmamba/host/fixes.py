@@ -1,0 +1,224 @@
+"""Compat fixes, one per MMSA 2.2.1 bug that bites every model (README, "MMSA fixes"). Each is a
+named function that patches MMSA at the narrowest point, is applied by ``install()`` and is tested
+on its own (tests/test_host.py)."""
+from __future__ import annotations
+
+import builtins
+import functools
+import inspect
+import logging
+from pathlib import Path
+
+import torch
+
+from ..safeio import safe_pickle_loads
+from ..settings import checkpoint_path, resolve_output_dirs
+from .configs import config_file_for
+from .originals import ORIGINALS, keep
+from .plugins import check_model_name
+
+__all__ = ["COMPAT_FIXES", "build_dataloaders", "MMAP_THRESHOLD_BYTES"]
+
+
+class _SafeCuda:
+    """torch.cuda, except that set_device ignores non-CUDA devices."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def set_device(device):
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(device)
+
+
+class _MMSARunTorch:
+    """Stands in for `torch` inside MMSA.run only: CPU-safe set_device, weights-only loads."""
+    cuda = _SafeCuda()
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        kwargs.setdefault("map_location", "cpu")
+        return torch.load(f, *args, **kwargs)
+
+
+def fix_cpu_set_device() -> None:
+    """MMSA_run calls torch.cuda.set_device(args['device']) even for a CPU device and crashes
+    without CUDA; checkpoints are also loaded there with plain torch.load (weights_only=True here)."""
+    import MMSA.run
+    MMSA.run.torch = _MMSARunTorch()
+
+
+def _reduce_lr_accepts_verbose() -> bool:
+    return "verbose" in inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau.__init__).parameters
+
+
+class ReduceLROnPlateauCompat(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau that drops the `verbose=` argument current torch no longer accepts."""
+
+    def __init__(self, *args, verbose=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+def fix_reduce_lr_verbose() -> None:
+    """MulT / MMIM / TFR_Net trainers pass verbose= to ReduceLROnPlateau: a TypeError on torch >= 2.7."""
+    if _reduce_lr_accepts_verbose():
+        return
+    import importlib
+    import pkgutil
+
+    import MMSA.trains
+    for info in pkgutil.walk_packages(MMSA.trains.__path__, "MMSA.trains."):
+        module = importlib.import_module(info.name)
+        if getattr(module, "ReduceLROnPlateau", None) is torch.optim.lr_scheduler.ReduceLROnPlateau:
+            module.ReduceLROnPlateau = ReduceLROnPlateauCompat
+
+
+def _plain_round(number, ndigits=None):
+    """round() that returns a Python float, so CSVs show 85.2 rather than np.float64(85.2)."""
+    value = builtins.round(number, ndigits)
+    return float(value) if ndigits is not None else int(value)
+
+
+def fix_numpy_text_in_csv() -> None:
+    """Under numpy 2, MMSA_run writes cells like '(np.float64(85.2), np.float64(0.3))'."""
+    import MMSA.run
+    MMSA.run.round = _plain_round
+
+
+def fix_duplicate_log_handlers() -> None:
+    """MMSA's _set_logger adds a file and a stream handler on every call: lines repeat N times."""
+    import MMSA.run
+    original = keep("run._set_logger", MMSA.run._set_logger)
+
+    def _set_logger(log_dir, model_name, dataset_name, verbose_level):
+        mmsa_logger = logging.getLogger("MMSA")
+        for handler in list(mmsa_logger.handlers):
+            mmsa_logger.removeHandler(handler)
+            handler.close()
+        return original(log_dir, model_name, dataset_name, verbose_level)
+
+    MMSA.run._set_logger = _set_logger
+
+
+def fix_empty_paths() -> None:
+    """`python -m MMSA` passes '' for -c and the output dirs: '' becomes Path('.'), so -c fails
+    with FileNotFoundError('.') and results, models and logs land in the working directory."""
+    import MMSA
+    import MMSA.run
+    original = keep("run.MMSA_run", MMSA.run.MMSA_run)
+
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def MMSA_run(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)  # positional or keyword, as MMSA allows
+        call.apply_defaults()
+        given = call.arguments
+        given["model_name"] = check_model_name(given["model_name"])
+        dirs = resolve_output_dirs(given["model_save_dir"], given["res_save_dir"], given["log_dir"])
+        given.update({k: str(v) for k, v in dirs.items()})
+        given["config_file"] = config_file_for(given["model_name"], given["config_file"],
+                                                "tune" if given["is_tune"] else "regression")
+        return original(*call.args, **call.kwargs)
+
+    MMSA.MMSA_run = MMSA.run.MMSA_run = MMSA_run
+
+
+def fix_checkpoint_per_seed() -> None:
+    """MMSA_run saves every seed to the same '<model>-<dataset>.pth', so only the last survives."""
+    import MMSA.run
+    original_seed = keep("run.setup_seed", MMSA.run.setup_seed)
+    original_run = keep("run._run", MMSA.run._run)
+    current = {}
+
+    def setup_seed(seed):
+        current["seed"] = seed
+        return original_seed(seed)
+
+    def _run(args, *rest, **kwargs):
+        base = Path(args.setdefault("checkpoint_base", args["model_save_path"]))
+        if "seed" in current:
+            args["model_save_path"] = checkpoint_path(base.parent, args["model_name"], args["dataset_name"],
+                                                      current["seed"])
+        return original_run(args, *rest, **kwargs)
+
+    MMSA.run.setup_seed = setup_seed
+    MMSA.run._run = _run
+
+
+def build_dataloaders(args, num_workers: int = 0):
+    """MMSA's MMDataLoader, except that valid and test keep their order (MMSA shuffles every split)."""
+    from MMSA.data_loader import MMDataLoader
+    from torch.utils.data import DataLoader
+    loaders = ORIGINALS.get("MMDataLoader", MMDataLoader)(args, num_workers)
+    for split in ("valid", "test"):
+        loaders[split] = DataLoader(loaders[split].dataset, batch_size=args["batch_size"],
+                                    num_workers=num_workers, shuffle=False)
+    return loaders
+
+
+def fix_eval_shuffle() -> None:
+    """Every MMSA DataLoader shuffles, valid and test included; evaluation order should be fixed."""
+    import MMSA.run
+    keep("MMDataLoader", MMSA.run.MMDataLoader)
+    MMSA.run.MMDataLoader = build_dataloaders
+
+
+class _RestrictedPickleModule:
+    """Stands in for `pickle` inside MMSA's data loader and MMSA_test: allow-list loading only."""
+
+    @staticmethod
+    def load(f):
+        return safe_pickle_loads(f.read(), getattr(f, "name", "<file>"))
+
+    def __getattr__(self, name):
+        import pickle
+        return getattr(pickle, name)
+
+
+def fix_unsafe_pickle_load() -> None:
+    """MMSA unpickles dataset / feature files with pickle.load, which runs any code they carry."""
+    import MMSA.data_loader
+    import MMSA.run
+    MMSA.data_loader.pickle = MMSA.run.pickle = _RestrictedPickleModule()
+
+
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_glibc_heap_growth() -> None:
+    """Training MMSA's MulT at MOSI's shapes on CPU, the process's memory grew from epoch to epoch
+    until the kernel killed it. Not a leak: glibc raises its mmap threshold every time a large
+    block is freed (up to 32 MB), so later tensors below that size come from the heap, where a
+    small block still in use pins everything freed beneath it, and freed memory stays resident.
+    A fixed threshold (which also turns the raising off) puts every block over 128 KiB in its own
+    mapping, handed back to the system when freed. Any model with large, changing activations
+    gains; glibc only (elsewhere nothing to do)."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_MMAP_THRESHOLD = -3
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+COMPAT_FIXES = (
+    fix_cpu_set_device,
+    fix_reduce_lr_verbose,
+    fix_numpy_text_in_csv,
+    fix_duplicate_log_handlers,
+    fix_empty_paths,
+    fix_checkpoint_per_seed,
+    fix_eval_shuffle,
+    fix_unsafe_pickle_load,
+    fix_glibc_heap_growth,
+)
