@@ -287,26 +287,36 @@ class AlignMamba(nn.Module):
         fallback = self.time_proportional(source, source_mask, None, anchor_mask).aligned
         return torch.where(anchor_present[:, None, None], aligned, fallback)
 
-    @torch.no_grad()
-    def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None,
-                        **_unused) -> dict[str, dict[str, OTAlignment]]:
-        """Diagnostics: for each source modality, every registered local alignment ('ot', 'soft_ot',
-        'none', and any third party's) onto the language steps, computed with the model's current
-        cost (complete data). Empty for variants that do not align onto language."""
+    def _shows_plans(self) -> bool:
+        """Whether this variant aligns sources onto language, so that it has plans to show."""
         cfg = self.cfg
-        if cfg.fusion != "interleave" or "text" not in cfg.modalities or len(cfg.modalities) < 2:
-            return {}
+        return cfg.fusion == "interleave" and "text" in cfg.modalities and len(cfg.modalities) > 1
+
+    @torch.no_grad()
+    def _every_plan(self, enc, posts) -> dict[str, dict[str, OTAlignment]]:
+        """Diagnostics from one forward's encodings and posteriors: source modality -> every
+        registered local alignment ('ot', 'soft_ot', 'none', and any third party's) onto the words."""
         if self._diagnostic_plans is None:   # every registered plan, built once from this config
-            self._diagnostic_plans = {kind: components.LOCAL_ALIGNMENTS.create(kind, cfg)
+            self._diagnostic_plans = {kind: components.LOCAL_ALIGNMENTS.create(kind, self.cfg)
                                       for kind in components.LOCAL_ALIGNMENTS.names()}
-        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
-        enc = self._encode(raw, None)
-        fitted = self._word_posteriors(raw, enc)
-        posts = fitted[1] if fitted is not None else {}
         anchor, anchor_mask, _ = enc["text"]
         return {m: {kind: self._plan(align, enc[m][0], enc[m][1], anchor, anchor_mask, posts.get(m))
                     for kind, align in self._diagnostic_plans.items()}
-                for m in cfg.modalities if m != "text"}
+                for m in self.cfg.modalities if m != "text"}
+
+    @torch.no_grad()
+    def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None,
+                        **_unused) -> dict[str, dict[str, OTAlignment]]:
+        """Diagnostics: for each source modality, every registered local alignment onto the language
+        steps, computed with the model's current cost (complete data), without the fusion.
+        Empty for variants that do not align onto language. ``forward(..., with_plans=True)``
+        returns the same plans beside the prediction, from the same pass."""
+        if not self._shows_plans():
+            return {}
+        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
+        enc = self._encode(raw, None)
+        fitted = self._word_posteriors(raw, enc)
+        return self._every_plan(enc, fitted[1] if fitted is not None else {})
 
     # ---- fusion -------------------------------------------------------------------------
     def _fuse_multi_stream(self, enc):
@@ -322,7 +332,7 @@ class AlignMamba(nn.Module):
 
     def _fuse_interleave(self, enc, raw):
         """The paper's fusion: align audio/vision onto language, interleave, Mamba, pool.
-        -> fused (B, d), L_align (scalar), L_plan (scalar)."""
+        -> fused (B, d), L_align (scalar), L_plan (scalar), the learned cost's posteriors per source."""
         cfg = self.cfg
         zero = next(iter(enc.values()))[0].new_zeros(())
         # Anchor grid: language if used, else the first used modality's own time axis.
@@ -350,10 +360,13 @@ class AlignMamba(nn.Module):
         aligned[anchor_name] = anchor
         seq = torch.stack([aligned[m] for m in order], dim=2).flatten(1, 2)  # (B, n·Tl, d)
         mask = anchor_mask.repeat_interleave(len(order), dim=1)              # (B, n·Tl)
-        return masked_mean(self.fusion[0](seq), mask), align_loss, plan_loss
+        return masked_mean(self.fusion[0](seq), mask), align_loss, plan_loss, posts
 
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,
-                **_unused):
+                with_plans: bool = False, **_unused):
+        """-> {"M": (B, 1) score, "align_loss", "plan_loss", "Feature_*": pooled features (B, d)};
+        ``with_plans`` (complete data): also "plans", every registered local alignment of each
+        source from this pass's encodings (alignment diagnostics, see :meth:`alignment_plans`)."""
         cfg = self.cfg
         if self.training and cfg.modality_dropout > 0:
             modality_mask = self._drop_modalities(modality_mask, audio.shape[0], audio.device)
@@ -362,14 +375,18 @@ class AlignMamba(nn.Module):
         features = {f"Feature_{m[0]}": masked_mean(h, mask) for m, (h, mask, _) in enc.items()}
         zero = audio.new_zeros(()).to(features["Feature_" + cfg.modalities[0][0]].dtype)
         align_loss = plan_loss = zero
+        posts = {}
         if cfg.fusion == "multi_stream":
             fused = self._fuse_multi_stream(enc)
         elif cfg.fusion == "single_stream":
             fused = self._fuse_single_stream(enc)
         else:
-            fused, align_loss, plan_loss = self._fuse_interleave(enc, raw)
+            fused, align_loss, plan_loss, posts = self._fuse_interleave(enc, raw)
         features["Feature_f"] = fused
-        return {"M": self.head(fused), "align_loss": align_loss, "plan_loss": plan_loss, **features}  # M: (B, 1)
+        out = {"M": self.head(fused), "align_loss": align_loss, "plan_loss": plan_loss, **features}  # M: (B, 1)
+        if with_plans:
+            out["plans"] = self._every_plan(enc, posts) if self._shows_plans() and modality_mask is None else {}
+        return out
 
 
 def AlignMambaForMMSA(args) -> AlignMamba:

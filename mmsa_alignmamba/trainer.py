@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import checkpoints, host
 from .alignment.diagnostics import plan_hits
-from .results import metrics_line, plan_kinds
+from .results import lower_is_better, metrics_line, plan_kinds
 
 logger = logging.getLogger("MMSA")
 
@@ -74,10 +74,10 @@ class AlignMambaTrainer:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         self.key_eval = args.get("KeyEval", "Loss")
 
-    def _step_loss(self, model, batch, device):
+    def _step_loss(self, model, batch, device, **options):
         inputs, extras = batch_inputs(batch, device)
         labels = batch["labels"]["M"].to(device).view(-1, 1)
-        outputs = model(*inputs, **extras)
+        outputs = model(*inputs, **extras, **options)
         task_loss = self.criterion(outputs["M"], labels)
         zero = task_loss.new_zeros(())
         return outputs, labels, task_loss, outputs.get("align_loss", zero), outputs.get("plan_loss", zero)
@@ -98,8 +98,8 @@ class AlignMambaTrainer:
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True) \
             if self.ema_decay > 0 else None
         evaluated = averaged.module if averaged is not None else model
-        lower_is_better = self.key_eval == "Loss"
-        best_valid, best_epoch = (math.inf if lower_is_better else -math.inf), 0
+        lower = lower_is_better(self.key_eval)   # Loss and MAE: lower; accuracies, F1, Corr: higher
+        best_valid, best_epoch = (math.inf if lower else -math.inf), 0
         history = {"train": [], "valid": [], "test": []}
         for epoch in range(1, self.max_epochs + 1):
             model.train()
@@ -138,7 +138,7 @@ class AlignMambaTrainer:
             logger.debug(f"TRAIN-({args['model_name']}) metrics on the training split >> {metrics_line(train_results)}")
             valid_results = self.do_test(evaluated, dataloader["valid"], mode=f"VAL epoch {epoch}")
             current = valid_results[self.key_eval]
-            improved = current < best_valid - 1e-6 if lower_is_better else current > best_valid + 1e-6
+            improved = current < best_valid - 1e-6 if lower else current > best_valid + 1e-6
             if improved:
                 best_valid, best_epoch = current, epoch
                 checkpoints.save(args["model_save_path"], evaluated.state_dict(), None)  # bare: MMSA_run reloads it
@@ -158,15 +158,18 @@ class AlignMambaTrainer:
         preds, trues, loss_sum = [], [], 0.0
         ids, features = [], {}
         truth = getattr(getattr(dataloader, "dataset", None), "true_tokens", None)
-        plans = getattr(getattr(model, "Model", model), "alignment_plans", None)  # MMSA's AMIO wraps the model
+        # the model shows its plans from the same forward pass (MMSA's AMIO wraps the model)
+        shows_plans = hasattr(getattr(model, "Model", model), "alignment_plans")
         hits: dict[str, torch.Tensor] = {}
         for batch in dataloader:
-            outputs, labels, task_loss, _, _ = self._step_loss(model, batch, device)
+            measure = bool(truth) and shows_plans and "modality_mask" not in batch
+            outputs, labels, task_loss, _, _ = self._step_loss(model, batch, device, **(
+                {"with_plans": True} if measure else {}))
             loss_sum += task_loss.item()
             preds.append(outputs["M"].cpu())
             trues.append(labels.cpu())
-            if truth and plans is not None and "modality_mask" not in batch:
-                self._count_plan_hits(plans, batch, truth, hits, device)
+            if measure:
+                self._count_plan_hits(outputs["plans"], batch, truth, hits, device)
             if return_sample_results:
                 ids.extend(batch["id"])
                 for k, v in outputs.items():
@@ -190,10 +193,10 @@ class AlignMambaTrainer:
 
     @staticmethod
     def _count_plan_hits(plans, batch, truth, hits, device) -> None:
-        """Add this batch's [exact, within ±1, frames] counts per '<plan>_<modality>' to ``hits``."""
-        inputs, extras = batch_inputs(batch, device)
+        """Add this batch's [exact, within ±1, frames] counts per '<plan>_<modality>' to ``hits``;
+        ``plans``: source modality -> plan name -> OTAlignment (the model's ``with_plans`` output)."""
         rows = torch.as_tensor(batch["index"]).long()
-        for modality, by_kind in plans(*inputs, **extras).items():
+        for modality, by_kind in plans.items():
             if modality not in truth:
                 continue
             true_token = truth[modality][rows].to(device)

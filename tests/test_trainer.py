@@ -133,3 +133,45 @@ def test_cosine_schedule_decays_the_learning_rate_and_constant_keeps_it(tiny_mos
     assert rates["cosine"][0] < 1e-3 and rates["cosine"][1] < rates["cosine"][0] and rates["cosine"][2] < 1e-9
     with pytest.raises(ValueError, match="lr_schedule"):
         host.build_trainer(alignmamba_args(tiny_mosi, tmp_path, lr_schedule="step"))
+
+
+@pytest.mark.parametrize("key, scores, kept", [("MAE", [0.9, 0.5, 0.7], [1, 2]), ("Corr", [0.2, 0.1, 0.4], [1, 3]),
+                                               ("Loss", [0.9, 0.5, 0.7], [1, 2])])
+def test_the_best_epoch_is_the_lowest_mae_and_loss_and_the_highest_corr(tiny_mosi, tmp_path, monkeypatch, key,
+                                                                        scores, kept):
+    """KeyEval decides which epoch's checkpoint is kept: MAE and Loss are lower-is-better, as in
+    tuning and the reports; Corr (and the accuracies) higher-is-better."""
+    from mmsa_alignmamba import checkpoints
+    args = alignmamba_args(tiny_mosi, tmp_path, KeyEval=key, max_epochs=3, early_stop=3)
+    host.setup_seed(1)
+    model, trainer = host.build_model(args), host.build_trainer(args)
+    evaluate, validation, epochs, saved = trainer.do_test, iter(scores), [], []
+
+    def do_test(m, loader, mode="VAL", **kw):   # the real evaluation, with a scripted KeyEval score
+        results = evaluate(m, loader, mode=mode, **kw)
+        if mode.startswith("VAL"):
+            results[key] = next(validation)
+            epochs.append(mode)
+        return results
+    monkeypatch.setattr(trainer, "do_test", do_test)
+    monkeypatch.setattr(checkpoints, "save", lambda path, state, meta: saved.append(len(epochs)))
+    trainer.do_train(model, host.build_dataloaders(args, 0))
+    assert saved == kept
+
+
+def test_evaluation_measures_plans_from_the_same_forward_pass(tmp_path):
+    """With the true alignment known, evaluation encodes each batch once: the plans come from the
+    prediction's own forward pass, not from a second pass for the diagnostics."""
+    from mmsa_alignmamba.cell_training import attach_true_alignment
+    path = write_synthetic(tmp_path / "wl.pkl", like="mosi", size={"train": 8, "valid": 8, "test": 12}, seed=4,
+                           task="wordlevel")
+    args = alignmamba_args(path, tmp_path, batch_size=4)
+    host.setup_seed(1)
+    loaders = host.build_dataloaders(args, 0)
+    attach_true_alignment(loaders, path)
+    model, trainer = host.build_model(args), host.build_trainer(args)
+    calls = []
+    model.Model.encoders["audio"].register_forward_hook(lambda *_: calls.append(1))
+    results = trainer.do_test(model, loaders["test"], mode="TEST")
+    assert "Plan_ot_audio" in results and "Plan_none_vision" in results
+    assert len(calls) == len(loaders["test"]) == 3
