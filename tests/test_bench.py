@@ -226,3 +226,13 @@ def test_the_training_benchmark_runs_both_models_on_synthetic_data(tmp_path):
     for result in train["models"].values():
         assert result["batches"] == 1 and result["epoch_s"] > 0
     assert "SYNTHETIC" in (out / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--repeats", "--threads", "--train-batch", "--train-max-batches",
+                                  "--rounds"])
+def test_a_zero_count_is_refused_not_replaced_by_the_default(flag, tmp_path, capsys):
+    """0 is a value the user gave: one error line, not silently the default (which `or` would pick)."""
+    rc = mmsa_main(["bench", "--quick", flag, "0", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{flag} must be >= 1, got 0" in err
+    assert not (tmp_path / "out").exists()

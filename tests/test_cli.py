@@ -466,3 +466,14 @@ def test_ctrl_c_keeps_a_summary_of_the_finished_runs(tmp_path, tiny_pkl, capsys,
     assert rc == 130 and "interrupted" in err
     rows = _summary(out / "results")
     assert [r["Seeds"] for r in rows] == ["1"]
+
+
+def test_ablate_trains_a_variant_that_equals_another_only_once(tmp_path, short_pkl, capsys):
+    """With MMD off by default, wo_global_mmd is the configured model itself: one line says so and
+    no second training (nor a duplicate row) is made for it; a variant that differs still runs."""
+    rc, out, err = _main(["ablate", "-d", "mosi", "--feature-path", short_pkl, "-s", "1", "--epochs", "1",
+                          "--variants", "alignmamba", "wo_global_mmd", "wo_local_ot", *_dirs(tmp_path / "out")], capsys)
+    assert rc == 0, err
+    trained = sorted(p.name for p in (tmp_path / "out" / "results" / "cells").rglob("*.json"))
+    assert trained == ["alignmamba+wo_local_ot-mosi-real-complete-seed1.json", "alignmamba-mosi-real-complete-seed1.json"]
+    assert "variant wo_global_mmd trains the same model as alignmamba with this config" in err

@@ -118,9 +118,14 @@ def main(argv=None) -> int:
     import torch
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+    # what was given is checked before the defaults fill in what was not (0 is a value, not "unset")
+    check_at_least(("--lengths", min(opts.lengths) if opts.lengths else None, 1), ("--batch", opts.batch, 1),
+                   ("--repeats", opts.repeats, 1), ("--threads", opts.threads, 1), ("--train-batch", opts.train_batch, 1),
+                   ("--train-max-batches", opts.train_max_batches, 1), ("--shape-batches", min(opts.shape_batches), 1),
+                   ("--rounds", opts.rounds, 1))
     opts.lengths = sorted(set(opts.lengths or (QUICK_LENGTHS if opts.quick else DEFAULT_LENGTHS)))
-    opts.batch = opts.batch or (2 if opts.quick else 8)
-    opts.repeats = opts.repeats or (1 if opts.quick else 5)
+    opts.batch = opts.batch if opts.batch is not None else (2 if opts.quick else 8)
+    opts.repeats = opts.repeats if opts.repeats is not None else (1 if opts.quick else 5)
     opts.models = opts.models or (list(BASELINES) if opts.shapes else list(MODELS))
     if any(BASELINES[m].onnx for m in opts.models):
         try:
@@ -129,10 +134,8 @@ def main(argv=None) -> int:
             raise InputError('the ONNX Runtime baseline needs the onnx extra: pip install -e ".[onnx]"') from None
     if opts.quick and opts.train_max_batches is None:
         opts.train_max_batches = 3
-    opts.threads = opts.threads or torch.get_num_threads()
+    opts.threads = opts.threads if opts.threads is not None else torch.get_num_threads()
     torch.set_num_threads(opts.threads)  # the training section runs in this process
-    check_at_least(("--lengths", min(opts.lengths), 1), ("--batch", opts.batch, 1), ("--repeats", opts.repeats, 1),
-                   ("--shape-batches", min(opts.shape_batches), 1), ("--rounds", opts.rounds, 1))
     if opts.alternate and (not opts.shapes or len(set(opts.alternate)) < 2):
         raise InputError("--alternate needs --shapes and two or more different models")
     if opts.time_limit <= 0:

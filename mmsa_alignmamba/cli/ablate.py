@@ -2,11 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 
+from .. import host
 from .options import ArgumentParser, add_data_options, add_log_file, add_run_options, check_options, setup_logging
 from .sweep import build_cells, make_output_dirs, prepare_data, run_sweep, settings_from
 
-__all__ = ["main"]
+__all__ = ["main", "distinct_variants"]
+
+logger = logging.getLogger("mmsa_alignmamba")
+
+
+def distinct_variants(names: list[str], config) -> list[str]:
+    """``names`` without the variants that would train the same model as one before them under
+    ``config`` (e.g. ``wo_global_mmd`` once the configured global alignment is already none): each
+    is one line in the log instead of a full training and a duplicate row."""
+    from ..model import ABLATIONS
+    kept: dict[str, str] = {}
+    for name in names:
+        same = json.dumps({**config, **ABLATIONS[name]}, sort_keys=True, default=str)
+        if same in kept:
+            logger.info("variant %s trains the same model as %s with this config (%s): not trained again", name,
+                        kept[same], ", ".join(f"{k}={v!r}" for k, v in ABLATIONS[name].items()) or "no change")
+            continue
+        kept[same] = name
+    return list(kept.values())
 
 
 def main(argv) -> int:
@@ -23,8 +44,9 @@ def main(argv) -> int:
     check_options(args)
     choice = prepare_data(args, "alignmamba")
     settings = settings_from(args, choice)
+    variants = distinct_variants(args.variants, host.load_config("alignmamba", args.dataset, args.config or None))
     cells = build_cells("alignmamba", args.dataset, choice.data, args.seeds, args.missing_protocol, args.missing_rates,
-                        variants=[v if v != "alignmamba" else "" for v in args.variants])
+                        variants=[v if v != "alignmamba" else "" for v in variants])
     from ..runner import check_cells
     check_cells(cells, settings)
     make_output_dirs(settings)
