@@ -256,6 +256,24 @@ def test_sinkhorn_matches_both_marginals():
     assert (soft.sum(1) - am.to(D64) / am.sum(1, keepdim=True)).abs().max() > 1e-3
 
 
+def test_sinkhorn_padding_fill_is_below_every_valid_entry_with_a_strong_position_prior():
+    """With the prior, −C/τ − β·δ²/τ reaches far below −2/τ (β = 1, τ = 0.1, 50 words): the fill of
+    the padded entries must still be below every valid one, and the rows stay exact."""
+    from mmsa_alignmamba.alignment.common import position_gap, unit_rows
+    from mmsa_alignmamba.alignment.soft import neg_cost, padding_fill
+    g = torch.Generator().manual_seed(3)
+    source, anchor = torch.randn(2, 60, 8, generator=g, dtype=D64), torch.randn(2, 50, 8, generator=g, dtype=D64)
+    sm = torch.arange(60)[None] < torch.tensor([[60], [41]])
+    am = torch.arange(50)[None] < torch.tensor([[50], [30]])
+    logits = neg_cost(unit_rows(source), unit_rows(anchor), 0.1) - position_gap(sm, am, dtype=D64).square() / 0.1
+    valid = sm[:, :, None] & am[:, None, :]
+    assert logits[valid].min() < -2 / 0.1 - 1.0e4          # where the old fill stood
+    assert padding_fill(logits, valid) < logits[valid].min()
+    plan = soft_ot_align(source, anchor, sm, am, temperature=0.1, sinkhorn_iters=5, position_prior=1.0).plan
+    torch.testing.assert_close(plan.sum(-1), sm.to(D64) / sm.sum(1, keepdim=True), atol=1e-9, rtol=0)
+    assert (plan.transpose(1, 2)[~am] == 0).all()
+
+
 def test_soft_rejects_bad_arguments():
     source, anchor, sm, am = _random_case()
     with pytest.raises(ValueError):
