@@ -1,9 +1,14 @@
 """AlignMamba (Li et al., CVPR 2025) as one readable PyTorch module, plus its ablations.
 
-    audio (B,Ta,da) ─ encoder ─┐                       ┌─ MMD²(X̃a, Xl) ┐
-    vision (B,Tv,dv) ─ encoder ─┼─ relaxed OT onto text ─┤                ├─ L_align
-    text (B,Tl,dt) ─ encoder ───┘    X̃a, X̃v: (B,Tl,d)   └─ MMD²(X̃v, Xl) ┘
+The defaults (configs/alignmamba.json; the paper's choices are variants, see ABLATIONS):
+
+    audio (B,Ta,da) ─ encoder ─┐   word aligner: each word predicts its frames; the chain's
+    vision (B,Tv,dv) ─ encoder ─┤   posteriors log p(frame i in word j) (B,T_m,Tl) → L_plan
+    text (B,Tl,dt) ─ encoder ───┘        │
+              relaxed OT onto text: each frame to its most probable word, mean per word
+              X̃a, X̃v: (B,Tl,d)   (the paper's cost, 1 − cos, is ot_cost="cosine")
       → interleave [ã1, ṽ1, l1, ã2, ṽ2, l2, …] (B,3·Tl,d) → Mamba × n_layers → mean pool → head
+      loss: L1(score) + μ·L_plan (+ λ·L_align with the paper's MMD², global_alignment="mmd")
 
 Pure PyTorch: nothing here imports MMSA. `AlignMamba.from_mmsa_args` reads MMSA's config dict
 (that is the object MMSA's AMIO hands every model), and `forward` keeps MMSA's calling

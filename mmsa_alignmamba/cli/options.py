@@ -52,7 +52,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic", action="store_true",
                    help="generate, cache and use an MMSA-format SYNTHETIC copy of the dataset (no real data needed)")
     g.add_argument("--synthetic-size", default="small", choices=SYNTHETIC_SIZES,
-                   help="small (default: about 2 minutes per AlignMamba run on 2 idle CPU cores) or full (the real dataset's sizes, about 7 minutes)")
+                   help="small (default: 600/150/300 samples, about a minute per 8-epoch AlignMamba run on 2 idle CPU "
+                        "cores) or full (the real dataset's sizes, about 3 minutes)")
     g.add_argument("--synthetic-task", default="pooled", choices=SYNTHETIC_TASKS,
                    help="pooled (default): the label rests on utterance-level cues; wordlevel: it rests on which "
                         "audio/vision frames co-occur with which words, and frames carry a weak signature of their word "

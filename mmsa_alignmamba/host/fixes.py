@@ -7,10 +7,12 @@ import builtins
 import functools
 import inspect
 import logging
+import os
 from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..safeio import safe_pickle_loads
 from ..settings import checkpoint_path, resolve_output_dirs
 from .configs import config_file_for
@@ -189,6 +191,17 @@ def fix_unsafe_pickle_load() -> None:
 
 
 MMAP_THRESHOLD_BYTES = 128 * 1024
+MMAP_THRESHOLD_ENV = "MMSA_ALIGNMAMBA_MMAP_THRESHOLD"
+
+
+def _mmap_threshold() -> int:
+    """MMSA_ALIGNMAMBA_MMAP_THRESHOLD (bytes; 0: off), else MMAP_THRESHOLD_BYTES; a bad value is one error."""
+    text = os.environ.get(MMAP_THRESHOLD_ENV, "").strip()
+    if not text:
+        return MMAP_THRESHOLD_BYTES
+    if not text.isdigit():
+        raise InputError(f"{MMAP_THRESHOLD_ENV} must be a size in bytes (0 turns the fix off), got {text!r}")
+    return int(text)
 
 
 def fix_glibc_heap_growth() -> None:
@@ -198,9 +211,15 @@ def fix_glibc_heap_growth() -> None:
     small block still in use pins everything freed beneath it, and freed memory stays resident.
     A fixed threshold (which also turns the raising off) puts every block over 128 KiB in its own
     mapping, handed back to the system when freed. Any model with large, changing activations
-    gains; glibc only (elsewhere nothing to do)."""
+    gains; glibc only (elsewhere nothing to do).
+
+    It acts on the whole process that imports this package: set ``MMSA_ALIGNMAMBA_MMAP_THRESHOLD``
+    to another size in bytes, or to 0 to leave glibc's allocator as it is."""
     import ctypes
     import ctypes.util
+    threshold = _mmap_threshold()
+    if threshold == 0:
+        return
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
@@ -208,7 +227,7 @@ def fix_glibc_heap_growth() -> None:
     except (OSError, AttributeError):
         return
     M_MMAP_THRESHOLD = -3
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 COMPAT_FIXES = (
