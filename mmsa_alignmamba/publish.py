@@ -156,34 +156,12 @@ def _paper_latex(summary: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ HTML
-_SORT_SCRIPT = """
-document.querySelectorAll('table.sortable').forEach(function (table) {
-  table.querySelectorAll('th').forEach(function (th, col) {
-    th.addEventListener('click', function () {
-      var body = table.tBodies[0], rows = Array.from(body.rows);
-      var up = th.dataset.order !== 'asc';
-      rows.sort(function (a, b) {
-        var x = a.cells[col].dataset.value || a.cells[col].textContent,
-            y = b.cells[col].dataset.value || b.cells[col].textContent;
-        var nx = parseFloat(x), ny = parseFloat(y);
-        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return up ? c : -c;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-      th.dataset.order = up ? 'asc' : 'desc';
-    });
-  });
-});
-"""
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; white-space: nowrap; }
-th { cursor: pointer; background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
-.synthetic { background: #fff3cd; padding: 0.6em 1em; border-left: 4px solid #e0a800; }
-.reported td { color: #555; font-style: italic; }
-img { max-width: 100%; }
-"""
+
+def page_asset(name: str) -> str:
+    """The page's CSS or JS from its one source file (mmsa_alignmamba/assets/), on one line: the page
+    stays self-contained, and the pages a sweep writes do not each repeat the source's lines."""
+    from importlib import resources
+    return " ".join(resources.files("mmsa_alignmamba").joinpath("assets", name).read_text().split())
 
 
 def _table(df: pd.DataFrame, columns: list[str], metric_columns: list[str]) -> str:
@@ -203,7 +181,7 @@ def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures
     side-by-side tables, the figures embedded as PNG, the paper's numbers apart."""
     title = f"mmsa report — {Path(res_dir).name}"
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body>", f"<h1>{_html.escape(title)}</h1>"]
+             f"<style>{page_asset('summary.css')}</style></head><body>", f"<h1>{_html.escape(title)}</h1>"]
     note = synthetic_note(summary)
     if note:
         parts.append(f"<p class=\"synthetic\">{_html.escape(note.replace('**', '').strip())}</p>")
@@ -224,7 +202,7 @@ def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures
                          f"<figcaption>{_html.escape(path.stem)} (PDF and SVG beside it)</figcaption></figure>")
     if paper_rows:
         parts.append("<div class=\"reported\">" + _markdown_tables_to_html(paper_reference(summary)) + "</div>")
-    parts.append(f"<script>{_SORT_SCRIPT}</script></body></html>")
+    parts.append(f"<script>{page_asset('summary.js')}</script></body></html>")
     return "\n".join(parts) + "\n"
 
 
