@@ -135,3 +135,40 @@ def test_undeclared_components_are_one_error_line(toy_components, tmp_path, shor
     (line,) = lines
     assert "unknown local_alignment 'last_word'; registered: none, ot, soft_ot" in line
     assert not out.exists(), "a refused config must leave no output folders"
+
+
+def test_the_config_validates_its_component_names_without_installed_entry_points(monkeypatch):
+    """The built-in components are known from this package's own table, not from its installed
+    metadata: a source checkout that was never pip-installed (no entry points) still validates and
+    builds every built-in, and still refuses an unknown name in one line."""
+    from importlib import metadata
+
+    from mmsa_alignmamba.model import AlignMamba, AlignMambaConfig
+    monkeypatch.setattr(metadata, "entry_points", lambda **_: [])
+    components.refresh()
+    try:
+        for local in ("ot", "soft_ot", "none"):
+            for global_ in ("mmd", "none"):
+                AlignMamba(AlignMambaConfig(d_model=8, n_layers=1, d_state=4, local_alignment=local,
+                                            global_alignment=global_))
+        with pytest.raises(UnknownNameError, match="unknown local_alignment 'sinkhorn'; registered: none, ot, soft_ot"):
+            AlignMambaConfig(local_alignment="sinkhorn")
+    finally:
+        monkeypatch.undo()
+        components.refresh()
+
+
+def test_sinkhorn_is_reachable_by_config():
+    """soft_ot takes ot_sinkhorn_iters from the config: the plan's columns balance only with it."""
+    import torch
+
+    from mmsa_alignmamba.model import AlignMambaConfig
+    g = torch.Generator().manual_seed(0)
+    source, anchor = torch.randn(1, 30, 8, generator=g), torch.randn(1, 6, 8, generator=g)
+    masks = torch.ones(1, 30, dtype=torch.bool), torch.ones(1, 6, dtype=torch.bool)
+    columns = {}
+    for iters in (0, 200):
+        cfg = AlignMambaConfig(local_alignment="soft_ot", ot_cost="cosine", ot_temperature=0.5, ot_sinkhorn_iters=iters)
+        plan = components.LOCAL_ALIGNMENTS.create("soft_ot", cfg)(source, masks[0], anchor, masks[1]).plan
+        columns[iters] = (plan.sum(1) - 1 / 6).abs().max().item()
+    assert columns[200] < 1e-4 < columns[0]
