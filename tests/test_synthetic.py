@@ -498,3 +498,27 @@ def test_wordlevel_files_paths_and_tags(tmp_path):
     assert written.stat().st_mtime_ns == mtime                          # cached, not regenerated
     with pytest.raises(ValueError, match="unknown synthetic task"):
         S.make_synthetic("mosi", size=TINY, task="nope")
+
+
+def test_a_new_family_is_one_table_entry_and_changes_no_other_family(tmp_path, monkeypatch):
+    """Registering a family (here the pooled generator under another name and seed tag) makes it
+    generate and cache like the built-ins, and the wordlevel family's bytes stay pinned: a family's
+    seed comes from its own fixed tag, not from its place in the table."""
+    import types
+
+    from mmsa_alignmamba.synthetic import pooled
+    before = _digest(S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3, task="wordlevel"))
+    toy = types.SimpleNamespace(VERSION=1, SEED_TAG=7, structure=pooled.structure, make_split=pooled.make_split)
+    monkeypatch.setitem(S.FAMILIES, "toy", toy)
+    data = S.make_synthetic("mosi", size=TINY, seed=3, task="toy")
+    assert _digest(data) != _digest(S.make_synthetic("mosi", size=TINY, seed=3))   # its own seed tag
+    path = S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=3, task="toy")
+    assert path.name == "unaligned_50-synthetic-toy-n12-5-7-seed3.pkl" and S.read_metadata(path)["seed_tag"] == 7
+    assert _digest(S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3,
+                                    task="wordlevel")) == before
+    # a cached file made under another seed tag is stale: generated again
+    meta = S.read_metadata(path)
+    meta["seed_tag"] = 8
+    open(str(path) + ".json", "w").write(json.dumps(meta))
+    S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=3, task="toy")
+    assert S.read_metadata(path)["seed_tag"] == 7
