@@ -23,6 +23,7 @@ import MMSA
 import MMSA.run
 from conftest import load_pickle, reset_loggers
 from mmsa_alignmamba import host, settings
+from mmsa_alignmamba.errors import InputError
 from mmsa_alignmamba.safeio import UnsafePickleError
 
 METRICS = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"]
@@ -133,11 +134,11 @@ def rss():
 if sys.argv[1] == 'fixed':
     from mmsa_alignmamba.host import fixes
     fixes.fix_glibc_heap_growth()
-big = torch.empty(64 * 2**20 // 4); del big    # a freed 64 MB block: glibc raises its mmap threshold
+big = torch.empty(16 * 2**20 // 4); del big    # a freed 16 MB mapping: glibc raises its mmap threshold to 16 MB
 base, keep = rss(), []
 for _ in range(40):                            # what a training step leaves: a large activation freed,
     t = torch.ones(8 * 2**20 // 4)             # a small tensor kept after it
-    keep.append(torch.ones(16))
+    keep.append(torch.ones(96 * 1024 // 4))    # 96 KB: too big for the small holes imports leave behind
     del t
 print(rss() - base)
 """
@@ -153,8 +154,36 @@ def test_glibc_heap_growth_fix_hands_freed_activations_back():
     plain, fixed = kept("plain"), kept("fixed")
     assert plain > 200, plain      # 40 freed 8 MB tensors still resident: the bug is real here
     assert fixed < 20, fixed
-    # the fix acts on the whole process, so it can be turned off
-    assert kept("fixed", MMSA_ALIGNMAMBA_MMAP_THRESHOLD="0") > 200
+
+
+@pytest.mark.parametrize("setting, threshold", [(None, 128 * 1024), ("1048576", 1048576), ("0", None)])
+def test_glibc_heap_growth_fix_follows_its_environment_variable(monkeypatch, setting, threshold):
+    """The fix acts on the whole process, so its size can be changed and 0 turns it off. Checked on
+    the mallopt call itself: what glibc then does with the heap also depends on what the imports
+    before it left there, so the opt-out cannot be read reliably from the process's memory."""
+    import ctypes
+    from mmsa_alignmamba.host import fixes
+    calls = []
+
+    class RecordingLibc:
+        def __init__(self, name):
+            self.mallopt = lambda option, value: calls.append((option, value))
+
+    monkeypatch.setattr(ctypes, "CDLL", RecordingLibc)
+    if setting is None:
+        monkeypatch.delenv("MMSA_ALIGNMAMBA_MMAP_THRESHOLD", raising=False)
+    else:
+        monkeypatch.setenv("MMSA_ALIGNMAMBA_MMAP_THRESHOLD", setting)
+    fixes.fix_glibc_heap_growth()
+    M_MMAP_THRESHOLD = -3
+    assert calls == ([] if threshold is None else [(M_MMAP_THRESHOLD, threshold)])
+
+
+def test_glibc_heap_growth_fix_refuses_a_bad_size(monkeypatch):
+    from mmsa_alignmamba.host import fixes
+    monkeypatch.setenv("MMSA_ALIGNMAMBA_MMAP_THRESHOLD", "lots")
+    with pytest.raises(InputError, match="MMSA_ALIGNMAMBA_MMAP_THRESHOLD must be a size in bytes"):
+        fixes.fix_glibc_heap_growth()
 
 
 # ------------------------------------------------------------------------------ end to end through MMSA's API
