@@ -3,8 +3,10 @@
     mmsa export --checkpoint CK --format onnx --out alignmamba.onnx
 
 The graph takes ``text`` (B, T_l, d_t), ``audio`` (B, T_a, d_a), ``vision`` (B, T_v, d_v),
-``audio_lengths`` and ``vision_lengths`` (B,) int64, and returns ``score`` (B,): the sentiment
-score of complete-modality inputs. The batch axis and all three sequence lengths are dynamic.
+``audio_lengths``, ``vision_lengths`` and ``text_lengths`` (B,) int64 (the text's valid tokens,
+[CLS] words [SEP]: the count of ones in MMSA's attention mask; BERT's [PAD] rows are not zero),
+and returns ``score`` (B,): the sentiment score of complete-modality inputs. The batch axis and
+all three sequence lengths are dynamic.
 
 The model is traced through its export path (tracing.py): the alignment model's forward-backward
 recursions and the selective scan run as ONNX Loops compiled from the same source as the eager
@@ -25,24 +27,25 @@ from .errors import InputError
 
 __all__ = ["export_onnx", "export_model", "verify_onnx", "ONNX_INPUTS", "example_inputs"]
 
-ONNX_INPUTS = ("text", "audio", "vision", "audio_lengths", "vision_lengths")
+ONNX_INPUTS = ("text", "audio", "vision", "audio_lengths", "vision_lengths", "text_lengths")
 OPSET = 17
 
 
 class _Scores(nn.Module):
-    """AlignMamba as the graph sees it: the five inputs -> scores (B,)."""
+    """AlignMamba as the graph sees it: the six inputs -> scores (B,)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, text, audio, vision, audio_lengths, vision_lengths):
-        return self.net(text, audio, vision, audio_lengths, vision_lengths)["M"].squeeze(-1)
+    def forward(self, text, audio, vision, audio_lengths, vision_lengths, text_lengths):
+        return self.net(text, audio, vision, audio_lengths, vision_lengths, text_lengths=text_lengths)["M"].squeeze(-1)
 
 
 def example_inputs(feature_dims, batch: int = 2, lengths=(6, 14, 11), seed: int = 0) -> tuple:
-    """Random inputs (text, audio, vision, audio_lengths, vision_lengths) of the given widths;
-    the first sample is padded, so that the trace sees lengths shorter than the padded axis."""
+    """Random inputs (text, audio, vision, audio_lengths, vision_lengths, text_lengths) of the
+    given widths; the first sample is padded, so that the trace sees lengths shorter than the
+    padded axis. Its [PAD] rows of text are not zero, as BERT's are not."""
     generator = torch.Generator().manual_seed(seed)
     t_l, t_a, t_v = lengths
     d_t, d_a, d_v = feature_dims
@@ -51,8 +54,9 @@ def example_inputs(feature_dims, batch: int = 2, lengths=(6, 14, 11), seed: int 
     vision = torch.randn(batch, t_v, d_v, generator=generator)
     audio_lengths = torch.full((batch,), t_a, dtype=torch.long)
     vision_lengths = torch.full((batch,), t_v, dtype=torch.long)
-    audio_lengths[0], vision_lengths[0] = max(1, t_a - 3), max(1, t_v - 2)
-    return text, audio, vision, audio_lengths, vision_lengths
+    text_lengths = torch.full((batch,), t_l, dtype=torch.long)
+    audio_lengths[0], vision_lengths[0], text_lengths[0] = max(1, t_a - 3), max(1, t_v - 2), max(1, t_l - 2)
+    return text, audio, vision, audio_lengths, vision_lengths, text_lengths
 
 
 def export_onnx(checkpoint, out) -> tuple[Path, float | None]:
@@ -79,7 +83,7 @@ def export_model(net: nn.Module, out) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     axes = {"text": {0: "batch", 1: "text_steps"}, "audio": {0: "batch", 1: "audio_steps"},
             "vision": {0: "batch", 1: "vision_steps"}, "audio_lengths": {0: "batch"},
-            "vision_lengths": {0: "batch"}, "score": {0: "batch"}}
+            "vision_lengths": {0: "batch"}, "text_lengths": {0: "batch"}, "score": {0: "batch"}}
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
@@ -112,7 +116,7 @@ def verify_onnx(net: nn.Module, onnx_path, shapes=CHECK_SHAPES) -> float | None:
     for seed, (batch, lengths) in enumerate(shapes, start=1):
         inputs = example_inputs(net.cfg.feature_dims, batch, lengths, seed=seed)
         with torch.no_grad():
-            expected = net(*inputs)["M"].squeeze(-1).numpy()
+            expected = _Scores(net)(*inputs).numpy()
         got = session.run(None, {name: x.numpy() for name, x in zip(ONNX_INPUTS, inputs)})[0]
         scale = max(float(abs(expected).max()), 1e-6)
         worst = max(worst, float(abs(got - expected).max()) / scale)

@@ -12,6 +12,8 @@ Batch layout (MMSA 2.2.1 ``data_loader.py``)
            ``input_ids``, ``attention_mask``, ``segment_ids`` stored as floats;
 ``audio``  (B, T_a, d_a); ``vision`` (B, T_v, d_v);
 ``audio_lengths`` / ``vision_lengths`` (B,) only for unaligned data;
+``text_lengths`` (B,) where the data has an attention mask (``text_bert``; the host adds it):
+           the valid tokens, since BERT's [PAD] rows are not zero;
 ``index``  (B,) dataset indices; ``labels``, ``id``, ``raw_text`` untouched.
 
 Every protocol adds ``batch['modality_mask']``: a (B, 3) bool tensor, order
@@ -155,7 +157,7 @@ def _valid_steps(batch: dict, modality: str, use_bert: bool) -> np.ndarray:
         return np.arange(T)[None, :] < _bert_lengths(x)[:, None]
     T = x.shape[1]
     key = f"{modality}_lengths"
-    if modality != "text" and key in batch:
+    if key in batch:   # text too: text_lengths counts the attention mask's valid tokens
         lengths = np.asarray(_as_tensor(batch[key]).detach().cpu()).astype(np.int64).reshape(-1)
         return np.arange(T)[None, :] < np.clip(lengths, 0, T)[:, None]
     if modality != "text" and use_bert:
@@ -391,11 +393,11 @@ class FrameProtocol(MissingProtocol):
     keep rule): audio/vision frames are zeroed; BERT text tokens become [UNK]
     (100) except [CLS] at 0 and [SEP] at L-1 which are always kept; non-BERT
     text feature rows are zeroed.  Only valid steps are dropped:
-    ``t < audio_lengths/vision_lengths`` when present (unaligned data), the
-    attention mask for BERT text (and for aligned audio/vision when their
-    length equals the text length — MMSA itself derives aligned lengths from
-    the text mask), otherwise rows with any non-zero feature (MMSA pads with
-    zeros; non-BERT text carries no length in MMSA batches).  MMSA draws one
+    ``t < audio_lengths/vision_lengths/text_lengths`` when present (unaligned
+    data; text_lengths where the data has an attention mask), the attention
+    mask for BERT text (and for aligned audio/vision when their length equals
+    the text length — MMSA itself derives aligned lengths from the text mask),
+    otherwise rows with any non-zero feature (zero padding).  MMSA draws one
     static mask per split from ``missing_seed``; we draw static masks per
     sample from (seed, split, dataset index, modality), so they are identical
     every epoch and for every model regardless of batch order.  Differences

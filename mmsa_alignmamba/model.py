@@ -214,23 +214,27 @@ class AlignMamba(nn.Module):
         return cls(AlignMambaConfig.from_mmsa_args(args))
 
     # ---- inputs -------------------------------------------------------------------------
-    def _text_features(self, text):
-        """-> features (B, Tl, dt), mask (B, Tl) bool."""
+    def _text_features(self, text, text_lengths=None):
+        """-> features (B, Tl, dt), mask (B, Tl) bool. Which slots are words: ``text_lengths``
+        (B,) when given, the count of ones in text_bert's attention mask, which the data loader
+        passes; else, for precomputed features, the non-zero rows. BERT's features at [PAD] are not
+        zero, so without lengths every slot of such text counts as a word (text_padding.py)."""
         if self.bert is not None:
             ids, attention, segments = text[:, 0].long(), text[:, 1].long(), text[:, 2].long()
             out = self.bert(input_ids=ids, attention_mask=attention, token_type_ids=segments)
             return out.last_hidden_state, attention.bool()
-        # Precomputed features: zero rows are padding (MMSA's BERT features have none, so all valid).
+        if text_lengths is not None:
+            return text, lengths_to_mask(text_lengths, text.shape[1], text.shape[0], text.device)
         mask = text.abs().sum(-1) > 0
         return text, mask | ~mask.any(1, keepdim=True)
 
-    def _raw_inputs(self, text, audio, vision, audio_lengths, vision_lengths):
+    def _raw_inputs(self, text, audio, vision, audio_lengths, vision_lengths, text_lengths=None):
         """Each used modality's input (B, T_m, d_in), padding zeroed, and its (B, T_m) mask."""
         B, device = audio.shape[0], audio.device
         raw = {"audio": (audio, lengths_to_mask(audio_lengths, audio.shape[1], B, device)),
                "vision": (vision, lengths_to_mask(vision_lengths, vision.shape[1], B, device))}
         if "text" in self.cfg.modalities:
-            raw["text"] = self._text_features(text)
+            raw["text"] = self._text_features(text, text_lengths)
         dtype = next(self.parameters()).dtype
         # Zero the padding first: the encoder's conv would otherwise carry padded frames
         # into the last valid steps.
@@ -310,7 +314,7 @@ class AlignMamba(nn.Module):
                 for m in self.cfg.modalities if m != "text"}
 
     @torch.no_grad()
-    def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None,
+    def alignment_plans(self, text, audio, vision, audio_lengths=None, vision_lengths=None, text_lengths=None,
                         **_unused) -> dict[str, dict[str, OTAlignment]]:
         """Diagnostics: for each source modality, every registered local alignment onto the language
         steps, computed with the model's current cost (complete data), without the fusion.
@@ -318,7 +322,7 @@ class AlignMamba(nn.Module):
         returns the same plans beside the prediction, from the same pass."""
         if not self._shows_plans():
             return {}
-        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
+        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths, text_lengths)
         enc = self._encode(raw, None)
         fitted = self._word_posteriors(raw, enc)
         return self._every_plan(enc, fitted[1] if fitted is not None else {})
@@ -367,15 +371,16 @@ class AlignMamba(nn.Module):
         mask = anchor_mask.repeat_interleave(len(order), dim=1)              # (B, n·Tl)
         return masked_mean(self.fusion[0](seq), mask), align_loss, plan_loss, posts
 
-    def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, modality_mask=None,
-                with_plans: bool = False, **_unused):
+    def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None, text_lengths=None,
+                modality_mask=None, with_plans: bool = False, **_unused):
         """-> {"M": (B, 1) score, "align_loss", "plan_loss", "Feature_*": pooled features (B, d)};
+        ``text_lengths`` (B,): valid tokens per sample ([CLS] words [SEP]; see _text_features);
         ``with_plans`` (complete data): also "plans", every registered local alignment of each
         source from this pass's encodings (alignment diagnostics, see :meth:`alignment_plans`)."""
         cfg = self.cfg
         if self.training and cfg.modality_dropout > 0:
             modality_mask = self._drop_modalities(modality_mask, audio.shape[0], audio.device)
-        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths)
+        raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths, text_lengths)
         enc = self._encode(raw, modality_mask)
         features = {f"Feature_{m[0]}": masked_mean(h, mask) for m, (h, mask, _) in enc.items()}
         zero = audio.new_zeros(()).to(features["Feature_" + cfg.modalities[0][0]].dtype)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import checkpoints, host
+from . import checkpoints, host, text_padding
 from .datasets import MODALITIES
 from .errors import DataFileError, InputError
 
@@ -92,11 +92,14 @@ def load_model(checkpoint, model: str | None = None, dataset: str | None = None,
     net.eval()
     info = ModelInfo(name, dataset, dims, bool(args.get("use_bert")), bool(args.get("need_data_aligned")), meta, args)
 
-    def predict(text, audio, vision, audio_lengths=None, vision_lengths=None, absent: Sequence[str] = ()) -> np.ndarray:
+    def predict(text, audio, vision, audio_lengths=None, vision_lengths=None, absent: Sequence[str] = (),
+                text_lengths=None) -> np.ndarray:
         """Scores for one sample (text (T_l, d_t), audio (T_a, d_a), vision (T_v, d_v)) or a batch
-        (a leading batch axis on each). Lengths default to the full padded lengths. ``absent``
-        names modalities to treat as missing (the protocols' modality mask). -> (B,) float32."""
-        split = _split_from_arrays(info, text, audio, vision, audio_lengths, vision_lengths)
+        (a leading batch axis on each). Audio/vision lengths default to the full padded lengths;
+        ``text_lengths``: valid tokens per sample ([CLS] words [SEP], the attention mask's count),
+        without which zero rows of text are its padding. ``absent`` names modalities to treat as
+        missing (the protocols' modality mask). -> (B,) float32."""
+        split = _split_from_arrays(info, text, audio, vision, audio_lengths, vision_lengths, text_lengths)
         scores, _ = _run_split(net, info, split, absent, batch_size=int(args.get("batch_size", 32)))
         return scores
 
@@ -113,7 +116,7 @@ def _batched(x, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def _split_from_arrays(info: ModelInfo, text, audio, vision, audio_lengths, vision_lengths) -> dict:
+def _split_from_arrays(info: ModelInfo, text, audio, vision, audio_lengths, vision_lengths, text_lengths) -> dict:
     text = _batched(text, "text", 3)
     audio, vision = _batched(audio, "audio", 3), _batched(vision, "vision", 3)
     n = text.shape[0]
@@ -123,6 +126,12 @@ def _split_from_arrays(info: ModelInfo, text, audio, vision, audio_lengths, visi
              "id": np.array([str(i) for i in range(n)], dtype=object), "raw_text": np.array([""] * n, dtype=object)}
     for key, lengths, arr in (("audio_lengths", audio_lengths, audio), ("vision_lengths", vision_lengths, vision)):
         split[key] = np.full(n, arr.shape[1]) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if text_lengths is not None and not info.use_bert:   # in MMSA's form: the attention mask of text_bert
+        lengths = np.asarray(text_lengths, dtype=np.int64).reshape(-1)
+        if lengths.shape[0] != n or lengths.min() < 1 or lengths.max() > text.shape[1]:
+            raise InputError(f"text_lengths must hold {n} values in [1, {text.shape[1]}]")
+        split["text_bert"] = np.zeros((n, 3, text.shape[1]), np.float32)
+        split["text_bert"][:, text_padding.MASK_ROW] = np.arange(text.shape[1])[None, :] < lengths[:, None]
     _check_split(info, split, "input")
     return split
 
@@ -158,6 +167,9 @@ def _check_split(info: ModelInfo, split: dict, where: str) -> None:
             lengths = np.asarray(split[f"{m}_lengths"]).reshape(-1)
             if lengths.shape[0] != n or lengths.min() < 1 or lengths.max() > arrays[m].shape[1]:
                 raise DataFileError(f"{where}: {m}_lengths must hold {n} values in [1, {arrays[m].shape[1]}]")
+    if not info.use_bert:   # the mask, where there is one, must fit the text; without one, say what counts
+        text_padding.text_lengths(split, where)
+        text_padding.warn_if_unmarked(split, where)
 
 
 def _with_labels(split: dict, dataset: str) -> tuple[dict, np.ndarray | None]:

@@ -53,7 +53,7 @@ def batch_inputs(batch, device) -> tuple[tuple, dict]:
     """MMSA batch dict -> (text, audio, vision) and the keyword extras our model understands."""
     tensors = tuple(batch[k].to(device) for k in ("text", "audio", "vision"))
     extras = {k: batch[k].to(device) if torch.is_tensor(batch[k]) else torch.as_tensor(batch[k], device=device)
-              for k in ("audio_lengths", "vision_lengths", "modality_mask") if k in batch}
+              for k in ("audio_lengths", "vision_lengths", "text_lengths", "modality_mask") if k in batch}
     return tensors, extras
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import text_padding
 from .errors import DataFileError
 from .safeio import atomic_write, safe_pickle_load
 from .synthetic.common import TRUE_MAP_KEYS
@@ -33,6 +34,7 @@ class DataReport:
     audio_neg_inf: int = 0
     fixed_nonfinite: dict[str, int] = field(default_factory=dict)
     true_alignment: bool = False   # every split carries the true frame->word maps (TRUE_MAP_KEYS)
+    text_padding: str = text_padding.MASK   # how the train split marks text padding (text_padding.CONVENTIONS)
 
 
 def _fail(path, message: str):
@@ -110,6 +112,12 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
                 _fail(path, f"{split}['{key}'] has {arr.shape[0]} samples but {split}['regression_labels'] has {n}")
         if use_bert and text.shape[1] != 3:
             _fail(path, f"{split}['text_bert'] must be (N, 3, T) token ids/mask/segments, got {text.shape}")
+        if "text_bert" in part:   # the mask says which text slots are words: it must fit the text
+            mask_of = _array(path, split, "text_bert", part["text_bert"], 3)
+            if mask_of.shape[0] != n:
+                _fail(path, f"{split}['text_bert'] has {mask_of.shape[0]} samples but {split}['regression_labels'] has {n}")
+            text_padding.mask_lengths(mask_of, text.shape[2] if use_bert else text.shape[1],
+                                      f"invalid dataset {path}: split '{split}'")
         dims = (768 if use_bert else text.shape[2], audio.shape[2], vision.shape[2])
         if dims_seen is not None and dims != dims_seen:
             _fail(path, f"feature dims (text, audio, vision) differ across splits: {dims_seen} vs {dims} in '{split}'")
@@ -147,6 +155,8 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
                 part[key] = np.where(np.isfinite(arr), arr, 0).astype(arr.dtype)
                 report.fixed_nonfinite[f"{split}.{key}"] = count
     report.feature_dims = dims_seen
+    if not use_bert:
+        report.text_padding = text_padding.convention(data["train"])
     report.true_alignment = all(all(k in data[s] for k in TRUE_MAP_KEYS.values()) for s in SPLITS)
     if report.audio_neg_inf:
         logger.info("%s: %d audio value(s) are -inf; MMSA's loader sets them to 0", path, report.audio_neg_inf)

@@ -10,6 +10,7 @@ import csv
 import importlib
 import logging
 import os
+import pickle
 import math
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_compat_fixes_are_the_tested_ones():
     assert [f.__name__ for f in host.COMPAT_FIXES] == [
         "fix_cpu_set_device", "fix_reduce_lr_verbose", "fix_numpy_text_in_csv", "fix_duplicate_log_handlers",
         "fix_empty_paths", "fix_checkpoint_per_seed", "fix_eval_shuffle", "fix_unsafe_pickle_load",
-        "fix_glibc_heap_growth"]
+        "fix_text_lengths_from_mask", "fix_glibc_heap_growth"]
 
 
 _HEAP_PATTERN = """
@@ -348,6 +349,31 @@ def test_eval_loaders_do_not_shuffle(tiny_pkl):
         for _ in range(2):
             ids = [i for batch in loaders[split] for i in batch["id"]]
             assert ids == expected_ids[split], split
+
+
+def test_mmsa_batches_carry_the_attention_masks_text_lengths(tiny_pkl, tmp_path):
+    """fix_text_lengths_from_mask: MMSA's MMDataset read text_bert only for BERT models, so its mask
+    never reached a batch and BERT-style [PAD] rows counted as words."""
+    from MMSA.data_loader import MMDataLoader
+    data = load_pickle(tiny_pkl)
+    loaders = MMDataLoader(_loader_args(tiny_pkl, batch_size=5), 0)
+    for split in ("train", "valid", "test"):
+        expected = dict(zip(data[split]["id"], data[split]["text_bert"][:, 1].sum(1).astype(int)))
+        seen = {i: int(n) for batch in loaders[split] for i, n in zip(batch["id"], batch["text_lengths"])}
+        assert seen == expected, split
+    # -Ft's file is where the text comes from, so its mask counts; a file without one adds nothing
+    text_only = {s: {"text": data[s]["text"], "text_bert": data[s]["text_bert"][:, :, ::-1].copy()} for s in data}
+    for part in text_only.values():
+        part["text_bert"][:, 1] = 0
+        part["text_bert"][:, 1, :3] = 1
+    with open(tmp_path / "text.pkl", "wb") as f:
+        pickle.dump(text_only, f, protocol=4)
+    batch = next(iter(MMDataLoader(_loader_args(tiny_pkl, batch_size=5, feature_T=str(tmp_path / "text.pkl")), 0)["test"]))
+    assert batch["text_lengths"].tolist() == [3] * 5
+    del data["train"]["text_bert"], data["valid"]["text_bert"], data["test"]["text_bert"]
+    with open(tmp_path / "no_mask.pkl", "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    assert "text_lengths" not in next(iter(MMDataLoader(_loader_args(tmp_path / "no_mask.pkl", batch_size=5), 0)["test"]))
 
 
 @pytest.mark.parametrize("key", ["featurePath", "feature_A"])

@@ -138,7 +138,7 @@ def test_absent_modality_uses_the_protocols_mask(trained, short_pkl, tmp_path, c
     test = load_pickle(short_pkl)["test"]
     _, predict, _ = mmsa_alignmamba.load_model(checkpoint)
     api = predict(test["text"], test["audio"], test["vision"], test["audio_lengths"], test["vision_lengths"],
-                  absent=["audio", "vision"])
+                  absent=["audio", "vision"], text_lengths=test["text_bert"][:, 1].sum(1))
     np.testing.assert_allclose(api, scores[("audio", "vision")], atol=1e-5)
 
 

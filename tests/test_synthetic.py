@@ -75,7 +75,7 @@ def test_shapes_dtypes_keys(tiny_sets, like, aligned):
             assert ids[i, 0] == 101 and ids[i, m - 1] == 102
             assert np.all((ids[i, 1:m - 1] >= 1000) & (ids[i, 1:m - 1] < 30522))
             assert np.all(ids[i, m:] == 0)
-            assert np.all(d["text"][i, m:] == 0) and np.all(np.abs(d["text"][i, :m]).sum(-1) > 0)
+            assert np.all(np.abs(d["text"][i]).sum(-1) > 0)      # BERT-style: [PAD] rows are not zero
             assert len(d["raw_text"][i].split()) == m - 2
 
         if not aligned:
@@ -195,8 +195,9 @@ def test_write_and_ensure(tmp_path, caplog):
     assert "synthetic" in path.name and path.suffix == ".pkl"
     assert path.parent == tmp_path / "synthetic" / "MOSI" / "Processed"
     p_small = S.synthetic_path(tmp_path, "mosi", False, "small", 0)
-    assert p_small == tmp_path / "synthetic/MOSI/Processed/unaligned_50-synthetic-small-seed0.pkl"
-    assert S.synthetic_path(tmp_path, "sims", True, "full", 2).name == "aligned_39-synthetic-full-seed2.pkl"
+    assert p_small == tmp_path / "synthetic/MOSI/Processed/unaligned_50-synthetic-small-bertpad-seed0.pkl"
+    assert S.synthetic_path(tmp_path, "sims", True, "full", 2, padding="zero").name == \
+        "aligned_39-synthetic-full-zeropad-seed2.pkl"   # the padding choice is part of the cache name
     assert len({S.synthetic_path(tmp_path, lk, al, sz, sd) for lk in ("mosi", "mosei") for al in (0, 1)
                 for sz in ("small", "full", TINY) for sd in (0, 1)}) == 24
 
@@ -206,6 +207,7 @@ def test_write_and_ensure(tmp_path, caplog):
     assert any("generating synthetic MOSI-format data (not real data)" in r.getMessage() for r in caplog.records)
     meta = json.loads(open(str(path) + ".json").read())
     assert meta["synthetic"] is True and meta["like"] == "mosi" and meta["aligned"] is False
+    assert meta["padding"] == "bert"
     assert meta["seed"] == 3 and meta["sizes"] == TINY and meta["generator_version"] == S.FAMILIES.get("pooled").VERSION
     assert sorted(os.listdir(path.parent)) == sorted([path.name, path.name + ".json"])  # no temp files
     with open(path, "rb") as f:
@@ -354,7 +356,7 @@ def _time_proportional_tokens(part, modality):
     """Token index the time-proportional plan gives each valid frame (over all valid text tokens)."""
     T = part[modality].shape[1]
     lengths = part[f"{modality}_lengths"]
-    n_tokens = (np.abs(part["text"]).sum(-1) > 0).sum(1)
+    n_tokens = part["text_bert"][:, 1].sum(1)
     return np.floor(np.arange(T)[None, :] * n_tokens[:, None] / lengths[:, None]).astype(int)
 
 
@@ -387,8 +389,36 @@ def _digest(data) -> str:
 def test_families_are_pinned(task, expected):
     """'Keep today's family as it is', and results on either family stay reproducible: the
     generators' bytes are pinned."""
-    data = S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3, task=task)
+    data = S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3, task=task, padding="zero")
     assert _digest(data) == expected
+
+
+@pytest.mark.parametrize("task", ["pooled", "wordlevel"])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_bert_padding_changes_only_the_pad_rows(task, aligned):
+    """--synthetic-padding: both paddings hold the same words, labels and frames; BERT-style [PAD]
+    rows are one shared vector plus small noise (not zero, so only the mask marks them), zero pads are 0."""
+    bert = S.make_synthetic("mosi", aligned=aligned, size=TINY, seed=4, task=task)
+    zero = S.make_synthetic("mosi", aligned=aligned, size=TINY, seed=4, task=task, padding="zero")
+    pads_seen = []
+    for split in S.SPLITS:
+        b, z = bert[split], zero[split]
+        assert set(b) == set(z)
+        for key in set(b) - {"text"}:
+            np.testing.assert_array_equal(np.asarray(b[key]), np.asarray(z[key]), err_msg=key)
+        words = b["text_bert"][:, 1] > 0
+        np.testing.assert_array_equal(b["text"][words], z["text"][words])
+        assert np.all(z["text"][~words] == 0)
+        pads = b["text"][~words]
+        assert pads.shape[0] > 0 and np.all(np.abs(pads).sum(-1) > 0)
+        pads_seen.append(pads)
+    pads = np.concatenate(pads_seen)
+    shared = pads.mean(0)
+    assert np.abs(pads - shared).std() < 0.2 * np.abs(shared).mean()    # one vector, small per-slot noise
+    train = bert["train"]
+    assert 0.5 < np.abs(shared).mean() / np.abs(train["text"][train["text_bert"][:, 1] > 0]).mean() < 2  # a token's scale
+    with pytest.raises(ValueError, match="synthetic padding must be one of"):
+        S.make_synthetic("mosi", size=TINY, padding="random")
 
 
 @pytest.mark.parametrize("like", ["mosi", "mosei", "sims"])
@@ -403,7 +433,7 @@ def test_wordlevel_format_and_true_maps(like):
         for m, T in (("audio", T_a), ("vision", T_v)):
             tokens = d[f"{m}_token"]
             assert tokens.shape == (TINY[split], T) and tokens.dtype == np.int16
-            n_words = (np.abs(d["text"]).sum(-1) > 0).sum(1) - 2
+            n_words = d["text_bert"][:, 1].sum(1).astype(int) - 2
             valid = np.arange(T)[None, :] < d[f"{m}_lengths"][:, None]
             assert np.all(tokens[~valid] == -1)                        # padding speaks no word
             assert np.all((tokens == -1) | ((tokens >= 1) & (tokens <= n_words[:, None])))   # words, not [CLS]/[SEP]
@@ -441,7 +471,7 @@ def test_wordlevel_frames_carry_a_signature_of_their_word(wordlevel):
         expected = model.predict(test["text"].reshape(-1, test["text"].shape[-1])).reshape(*test["text"].shape[:2], -1)
         gap = test[m][:, :, None, :] - expected[:, None, :, :]                     # (N, T_m, T_l, d)
         loglik = -np.einsum("ntld,de,ntle->ntl", gap, precision, gap)
-        tokens = np.abs(test["text"]).sum(-1) > 0
+        tokens = test["text_bert"][:, 1] > 0
         loglik[~np.broadcast_to(tokens[:, None, :], loglik.shape)] = -np.inf
         accuracy = _plan_accuracy(test, m, loglik.argmax(-1))
         chance = float(np.mean(1.0 / tokens.sum(1)))
@@ -485,14 +515,15 @@ def test_oracle_ladder_orders_text_pooled_and_true_alignment(wordlevel):
 
 def test_wordlevel_files_paths_and_tags(tmp_path):
     path = S.synthetic_path(tmp_path, "mosi", False, TINY, 1, task="wordlevel")
-    assert path.name == "unaligned_50-synthetic-wordlevel-n12-5-7-seed1.pkl"
+    assert path.name == "unaligned_50-synthetic-wordlevel-n12-5-7-bertpad-seed1.pkl"
     assert S.synthetic_path(tmp_path, "mosi", False, TINY, 1) != path
     written = S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=1, task="wordlevel")
     meta = S.read_metadata(written)
     assert meta["task"] == "wordlevel" and meta["synthetic"] is True
     assert set(meta["oracle"]) == {"text_linear", "pooled_linear", "aligned_ceiling"}
-    assert S.data_tag(meta) == "synthetic-wordlevel-n12-5-7"
-    assert S.data_tag({"size": "small"}) == "synthetic-small"        # pooled files of the first release
+    assert S.data_tag(meta) == "synthetic-wordlevel-n12-5-7-bertpad"
+    assert S.data_tag({"size": "small"}) == "synthetic-small"        # pooled files of the first release (zero pads)
+    assert S.data_tag({"size": "small", "padding": "zero"}) == "synthetic-small-zeropad"
     mtime = written.stat().st_mtime_ns
     assert S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=1, task="wordlevel") == written
     assert written.stat().st_mtime_ns == mtime                          # cached, not regenerated
@@ -513,7 +544,7 @@ def test_a_new_family_is_one_table_entry_and_changes_no_other_family(tmp_path, m
     data = S.make_synthetic("mosi", size=TINY, seed=3, task="toy")
     assert _digest(data) != _digest(S.make_synthetic("mosi", size=TINY, seed=3))   # its own seed tag
     path = S.ensure_synthetic(tmp_path, "mosi", size=TINY, seed=3, task="toy")
-    assert path.name == "unaligned_50-synthetic-toy-n12-5-7-seed3.pkl" and S.read_metadata(path)["seed_tag"] == 7
+    assert path.name == "unaligned_50-synthetic-toy-n12-5-7-bertpad-seed3.pkl" and S.read_metadata(path)["seed_tag"] == 7
     assert _digest(S.make_synthetic("mosi", size={"train": 20, "valid": 3, "test": 4}, seed=3,
                                     task="wordlevel")) == before
     # a cached file made under another seed tag is stale: generated again

@@ -19,7 +19,7 @@ class Baseline:
     label: str                # how tables and plots name it
     marker: str               # its matplotlib marker
     config_model: str         # whose MMSA config it is built from
-    takes_lengths: bool       # its forward takes audio_lengths / vision_lengths
+    takes_lengths: bool       # its forward takes audio_lengths / vision_lengths / text_lengths
     adapt: Callable | None = None  # AMIO -> AMIO, applied after MMSA builds the config model
     onnx: bool = False        # run its ONNX export (export.py) in ONNX Runtime instead of PyTorch
     in_length_sweep: bool = True  # part of the default --lengths sweep (else only asked for, or --shapes)
@@ -93,6 +93,7 @@ def random_inputs(model: str, lengths, batch: int, device: str, seed: int = 0, d
                     for t, d in zip((t_l, t_a, t_v), SHAPES[dataset]["feature_dims"]))
     extras = {}
     if BASELINES[model].takes_lengths:
-        extras = {"audio_lengths": torch.full((batch,), t_a, dtype=torch.long, device=device),
-                  "vision_lengths": torch.full((batch,), t_v, dtype=torch.long, device=device)}
+        # every step valid, text included: the lengths the data loader passes for full-length inputs
+        extras = {f"{m}_lengths": torch.full((batch,), t, dtype=torch.long, device=device)
+                  for m, t in (("audio", t_a), ("vision", t_v), ("text", t_l))}
     return tensors, extras

@@ -11,6 +11,7 @@ COMMANDS = Registry("command", "mmsa.commands", {
     "models": "mmsa_alignmamba.cli.models:main",
     "components": "mmsa_alignmamba.cli.components:main",
     "make-synthetic": "mmsa_alignmamba.cli.make_synthetic:main",
+    "inspect": "mmsa_alignmamba.cli.inspect:main",
     "ablate": "mmsa_alignmamba.cli.ablate:main",
     "tune": "mmsa_alignmamba.cli.tune:main",
     "report": "mmsa_alignmamba.cli.report:main",

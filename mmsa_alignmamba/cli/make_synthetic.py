@@ -1,7 +1,7 @@
 """`mmsa make-synthetic`: write an MMSA-format SYNTHETIC dataset pickle (not real data)."""
 from __future__ import annotations
 
-from .options import SYNTHETIC_SIZES, SYNTHETIC_TASKS, ArgumentParser
+from .options import SYNTHETIC_PADDINGS, SYNTHETIC_SIZES, SYNTHETIC_TASKS, ArgumentParser
 
 __all__ = ["main"]
 
@@ -17,11 +17,14 @@ def main(argv) -> int:
     p.add_argument("--size", default="full", choices=SYNTHETIC_SIZES)
     p.add_argument("--task", default="pooled", choices=SYNTHETIC_TASKS,
                    help="signal model: pooled (utterance-level cues) or wordlevel (word-level co-occurrence)")
+    p.add_argument("--padding", default="bert", choices=SYNTHETIC_PADDINGS,
+                   help="[PAD] rows of text: bert (default; not zero, marked by text_bert's attention mask) or zero")
     for split in ("train", "valid", "test"):
         p.add_argument(f"--n-{split}", type=int, help=f"number of {split} samples (overrides --size)")
     args = p.parse_args(argv)
     counts = {s: getattr(args, f"n_{s}") for s in ("train", "valid", "test") if getattr(args, f"n_{s}") is not None}
     size = {**resolve_sizes(args.like, args.size), **counts} if counts else args.size
-    path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed, task=args.task)
-    print(f"wrote SYNTHETIC {args.like.upper()}-format data ({args.task} family): {path}")
+    path = write_synthetic(args.out, like=args.like, aligned=args.aligned, size=size, seed=args.seed, task=args.task,
+                           padding=args.padding)
+    print(f"wrote SYNTHETIC {args.like.upper()}-format data ({args.task} family, {args.padding} pads): {path}")
     return 0

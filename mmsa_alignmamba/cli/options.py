@@ -10,15 +10,16 @@ from pathlib import Path
 from .. import components, host
 from ..errors import InputError, check_at_least
 from ..settings import resolve_output_dirs
-from ..synthetic import FAMILIES
+from ..synthetic import FAMILIES, PADDINGS
 
-__all__ = ["ArgumentParser", "SYNTHETIC_SIZES", "SYNTHETIC_TASKS", "add_data_options", "add_run_options",
+__all__ = ["ArgumentParser", "SYNTHETIC_PADDINGS", "SYNTHETIC_SIZES", "SYNTHETIC_TASKS", "add_data_options", "add_run_options",
            "setup_logging", "add_log_file", "resolve_device", "check_options", "first_line"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
 SYNTHETIC_SIZES = ("small", "full")
 SYNTHETIC_TASKS = FAMILIES.names()
+SYNTHETIC_PADDINGS = PADDINGS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -58,6 +59,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="pooled (default): the label rests on utterance-level cues; wordlevel: it rests on which "
                         "audio/vision frames co-occur with which words, and frames carry a weak signature of their word "
                         "(keeps the true frame-to-word map, so plan accuracy is measured)")
+    g.add_argument("--synthetic-padding", default="bert", choices=SYNTHETIC_PADDINGS,
+                   help="how the synthetic text's [PAD] rows are written: bert (default; as BERT's last layer gives "
+                        "them, not zero, so only the attention mask in text_bert marks them, as in MMSA's processed "
+                        "pickles) or zero (exactly zero, as MMSA-FET's feature files)")
     g.add_argument("--fix-nonfinite", action="store_true",
                    help="set NaN/inf feature values to 0 (in a cleaned copy) instead of refusing the data")
 

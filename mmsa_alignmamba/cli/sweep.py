@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import host
+from .. import host, text_padding
 from ..errors import InputError
 from ..settings import RunSettings, output_root, resolve_output_dirs
 from .options import resolve_device
@@ -35,7 +35,7 @@ def resolve_data(args, aligned: bool) -> tuple[str, str]:
         from ..synthetic import data_tag, ensure_synthetic, read_metadata
         cache = Path(args.data_dir) if args.data_dir else output_root()
         path = ensure_synthetic(cache, args.dataset, aligned=aligned, size=args.synthetic_size, seed=0,
-                                task=args.synthetic_task)
+                                task=args.synthetic_task, padding=args.synthetic_padding)
         logger.info("using SYNTHETIC %s-format data (not real data): %s", args.dataset.upper(), path)
         return str(path), data_tag(read_metadata(path))
     if args.feature_path:
@@ -81,6 +81,8 @@ def prepare_data(args, model: str):
                                    aligned=aligned)
     from ..synthetic import read_metadata
     oracle = (read_metadata(feature_path) or {}).get("oracle") if data != "real" else None
+    if not config.get("use_bert"):
+        logger.info("text padding: %s", text_padding.CONVENTIONS[report.text_padding])
     return DataChoice(str(report.path), data, aligned, report.true_alignment, oracle)
 
 

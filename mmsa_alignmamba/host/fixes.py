@@ -10,8 +10,10 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .. import text_padding
 from ..errors import InputError
 from ..safeio import safe_pickle_loads
 from ..settings import checkpoint_path, resolve_output_dirs
@@ -172,11 +174,17 @@ def fix_eval_shuffle() -> None:
 
 
 class _RestrictedPickleModule:
-    """Stands in for `pickle` inside MMSA's data loader and MMSA_test: allow-list loading only."""
+    """Stands in for `pickle` inside MMSA's data loader and MMSA_test: allow-list loading only.
+    While ``recorded`` is a dict, each load is also kept there under its resolved path."""
+    recorded: dict | None = None
 
-    @staticmethod
-    def load(f):
-        return safe_pickle_loads(f.read(), getattr(f, "name", "<file>"))
+    @classmethod
+    def load(cls, f):
+        name = getattr(f, "name", "<file>")
+        data = safe_pickle_loads(f.read(), name)
+        if cls.recorded is not None:
+            cls.recorded[Path(name).resolve()] = data
+        return data
 
     def __getattr__(self, name):
         import pickle
@@ -188,6 +196,54 @@ def fix_unsafe_pickle_load() -> None:
     import MMSA.data_loader
     import MMSA.run
     MMSA.data_loader.pickle = MMSA.run.pickle = _RestrictedPickleModule()
+
+
+def _text_lengths_for(dataset, args, mode: str, loaded: dict) -> np.ndarray | None:
+    """(N,) valid tokens of the split ``dataset`` holds, from the attention mask of the file its
+    text came from (-Ft's file, else the dataset pickle), or None when that file has no mask."""
+    if args.get("use_bert"):
+        return None   # the BERT models take the mask from text_bert itself
+    source = args.get("feature_T") or args.get("custom_feature") or args.get("featurePath")
+    part = loaded.get(Path(source).resolve(), {}).get(mode) if source else None
+    if not isinstance(part, dict) or "text" not in part:
+        return None
+    where = f"{source}: {mode}"
+    lengths = text_padding.text_lengths(part, where)
+    if lengths is None:
+        if mode == "train":   # one line per run, not one per split
+            text_padding.warn_if_unmarked(part, where)
+        return None
+    return np.minimum(lengths, dataset.text.shape[1])  # MMSA may have truncated the text
+
+
+def fix_text_lengths_from_mask() -> None:
+    """MMSA's MMDataset reads text_bert only for its BERT models, so for every model that takes the
+    precomputed features the attention mask never reaches a batch, and BERT's non-zero [PAD] rows
+    look like words. Each sample now also carries ``text_lengths``: the mask's count of valid
+    tokens, from the file its text came from (checked: a mask that contradicts the text is one
+    error naming the split and the first bad sample). MMSA's own models ignore the extra key."""
+    from MMSA.data_loader import MMDataset
+    original_init = keep("MMDataset.__init__", MMDataset.__init__)
+    original_getitem = keep("MMDataset.__getitem__", MMDataset.__getitem__)
+
+    @functools.wraps(original_init)
+    def __init__(self, args, mode="train"):
+        _RestrictedPickleModule.recorded = loaded = {}
+        try:
+            original_init(self, args, mode)
+        finally:
+            _RestrictedPickleModule.recorded = None
+        self.text_lengths = _text_lengths_for(self, args, mode, loaded)
+
+    @functools.wraps(original_getitem)
+    def __getitem__(self, index):
+        sample = original_getitem(self, index)
+        if getattr(self, "text_lengths", None) is not None:
+            sample["text_lengths"] = int(self.text_lengths[index])
+        return sample
+
+    MMDataset.__init__ = __init__
+    MMDataset.__getitem__ = __getitem__
 
 
 MMAP_THRESHOLD_BYTES = 128 * 1024
@@ -239,5 +295,6 @@ COMPAT_FIXES = (
     fix_checkpoint_per_seed,
     fix_eval_shuffle,
     fix_unsafe_pickle_load,
+    fix_text_lengths_from_mask,
     fix_glibc_heap_growth,
 )

@@ -7,8 +7,10 @@ pickles (``MOSI/Processed/unaligned_50.pkl`` etc.):
 ====================  ===========================  ==============================================
 key                   shape / dtype                 content
 ====================  ===========================  ==============================================
-``text``              (N, T_l, 768) float32         BERT-like token features, zero on padding
+``text``              (N, T_l, 768) float32         BERT-like token features; [PAD] rows as BERT
+                                                    gives them (``padding="bert"``) or zero
 ``text_bert``         (N, 3, T_l) float32           input_ids / attention_mask / segment_ids
+                                                    (the mask: [CLS] words [SEP] = 1, [PAD] = 0)
 ``audio``             (N, T_a, d_a) float32         frames, zero after the true length
 ``vision``            (N, T_v, d_v) float32         frames, zero after the true length
 ``audio_lengths``     (N,) int64                    true audio length (unaligned only)
@@ -46,10 +48,17 @@ overwrites ``args['seq_lens']`` with the shapes of the loaded data. We follow th
 (MOSEI vision T = 500). SIMS: config and files agree ([39, 400, 55]); SIMS has no aligned
 pickle in MMSA, ``aligned=True`` is still allowed.
 
+Padding (``padding``, common.PADDINGS): "bert" (the default, the harder case real pickles may
+have) writes the [PAD] rows of ``text`` as BERT's last layer gives them: a pad vector shared by
+the file plus small noise per slot, so only the attention mask in ``text_bert`` marks them;
+"zero" writes them exactly zero. Everything else is identical between the two.
+
 Determinism: ``numpy.random.SeedSequence([seed, preset index])`` (plus the family's index for
 families after the first) spawns one generator for the fixed projections/vocabulary and one per
 split, so the same seed gives byte-identical arrays, and a split's content does not depend on
-the sizes of the other splits. Generation runs in chunks of 256 samples to bound memory.
+the sizes of the other splits. The pad rows come from a stream of their own (that entropy plus
+PAD_SEED_TAG), so both paddings hold the same words. Generation runs in chunks of 256 samples
+to bound memory.
 """
 from __future__ import annotations
 
@@ -64,12 +73,13 @@ import numpy as np
 from ..errors import check_seed
 from ..registry import Registry
 from ..safeio import atomic_write, atomic_write_text
-from .common import PRESETS, SPLITS, preset, resolve_sizes, size_label
+from .common import PAD_SCALE, PAD_SEED_TAG, PADDINGS, PRESETS, SPLITS, pad_like_bert, preset, resolve_sizes, size_label
 
 __all__ = [
     "FAMILIES",
     "TASKS",
     "PRESETS",
+    "PADDINGS",
     "SPLITS",
     "resolve_sizes",
     "make_synthetic",
@@ -100,14 +110,21 @@ def _task(task: str):
     return FAMILIES.get(task)
 
 
+def _check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"synthetic padding must be one of {PADDINGS}, got {padding!r}")
+    return padding
+
+
 def make_synthetic(like: str = "mosi", aligned: bool = False,
                    size: str | Mapping[str, int] = "small", seed: int = 0, *,
                    n_train: int | None = None, n_valid: int | None = None,
-                   n_test: int | None = None, return_latents: bool = False, task: str = "pooled"):
+                   n_test: int | None = None, return_latents: bool = False, task: str = "pooled",
+                   padding: str = "bert"):
     """Generate a synthetic MMSA-format dataset ``{split: {key: array}}`` (see module doc).
 
     ``size``: "small", "full" or a dict of split sizes; ``n_train/n_valid/n_test`` override.
-    ``task``: the signal model, ``pooled`` or ``wordlevel``.
+    ``task``: the signal model, ``pooled`` or ``wordlevel``. ``padding``: "bert" or "zero".
     With ``return_latents=True`` returns ``(data, latents)``: ``latents[split]`` holds the
     generator's hidden variables (``n_words``, per-word cues, the label terms and the true
     frame->word maps; see the family's module).
@@ -115,6 +132,7 @@ def make_synthetic(like: str = "mosi", aligned: bool = False,
     family = _task(task)
     p = preset(like)
     seed = check_seed(seed)
+    _check_padding(padding)
     sizes = resolve_sizes(like, size)
     overrides = {"train": n_train, "valid": n_valid, "test": n_test}
     if any(v is not None for v in overrides.values()):
@@ -122,14 +140,20 @@ def make_synthetic(like: str = "mosi", aligned: bool = False,
     entropy = [seed, p["index"]] + ([] if family.SEED_TAG is None else [family.SEED_TAG])
     s_struct, *s_splits = np.random.SeedSequence(entropy).spawn(1 + len(SPLITS))
     st = family.structure(np.random.default_rng(s_struct), p)
+    pad_vector, *pad_splits = np.random.SeedSequence(entropy + [PAD_SEED_TAG]).spawn(1 + len(SPLITS))
+    pad_vector = np.random.default_rng(pad_vector).standard_normal(p["feature_dims"][0]).astype(np.float32)
+    pad_vector *= np.float32(PAD_SCALE)
     data, lats = {}, {}
-    for split, s_ss in zip(SPLITS, s_splits):
+    for split, s_ss, s_pad in zip(SPLITS, s_splits, pad_splits):
         data[split], lats[split] = family.make_split(np.random.default_rng(s_ss), st, p, split,
                                                      sizes[split], bool(aligned), return_latents)
+        if padding == "bert":
+            part = data[split]
+            pad_like_bert(part["text"], part["text_bert"][:, 1] > 0, pad_vector, np.random.default_rng(s_pad))
     return (data, lats) if return_latents else data
 
 
-def _metadata(like, aligned, size, seed, task) -> dict[str, Any]:
+def _metadata(like, aligned, size, seed, task, padding) -> dict[str, Any]:
     p = preset(like)
     family = _task(task)
     T = p["seq_lens"]["aligned" if aligned else "unaligned"]
@@ -144,17 +168,20 @@ def _metadata(like, aligned, size, seed, task) -> dict[str, Any]:
         "seed": int(seed),
         "generator_version": family.VERSION,
         "seed_tag": family.SEED_TAG,
+        "padding": _check_padding(padding),
         "seq_lens": list(T),
         "feature_dims": list(p["feature_dims"]),
     }
 
 
 def data_tag(meta: Mapping[str, Any]) -> str:
-    """The results' Data column for a synthetic file: ``synthetic-<size>`` for the pooled
-    family (as before there were two), ``synthetic-<task>-<size>`` for the others."""
+    """The results' Data column for a synthetic file: ``synthetic-<size>-<padding>pad`` for the
+    pooled family (as before there were two), ``synthetic-<task>-<size>-<padding>pad`` for the
+    others; files from before the padding choice were zero-padded and keep their old tag."""
     task = meta.get("task", "pooled")
     size = meta.get("size", "custom")
-    return f"synthetic-{size}" if task == "pooled" else f"synthetic-{task}-{size}"
+    padding = f"-{meta['padding']}pad" if "padding" in meta else ""
+    return (f"synthetic-{size}" if task == "pooled" else f"synthetic-{task}-{size}") + padding
 
 
 def _dump(data, f) -> None:
@@ -167,12 +194,13 @@ def _dump(data, f) -> None:
 
 
 def write_synthetic(path, like: str = "mosi", aligned: bool = False,
-                    size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled") -> Path:
+                    size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled",
+                    padding: str = "bert") -> Path:
     """Generate and write the pickle (atomic, protocol 4) plus the sidecar ``<path>.json``;
     for the wordlevel family the sidecar also holds the oracle ladder on the test split."""
     path = Path(path)
-    meta = _metadata(like, aligned, size, check_seed(seed), task)
-    data = make_synthetic(like, aligned=aligned, size=size, seed=seed, task=task)
+    meta = _metadata(like, aligned, size, check_seed(seed), task, padding)
+    data = make_synthetic(like, aligned=aligned, size=size, seed=seed, task=task, padding=padding)
     oracle = getattr(_task(task), "oracle", None)
     if oracle is not None:
         meta["oracle"] = oracle(data, meta["like"])
@@ -184,14 +212,16 @@ def write_synthetic(path, like: str = "mosi", aligned: bool = False,
 
 
 def synthetic_path(cache_dir, like: str, aligned: bool = False,
-                   size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled") -> Path:
-    """Canonical cache file, e.g. ``<cache_dir>/synthetic/MOSI/Processed/unaligned_50-synthetic-small-seed0.pkl``
-    (``…-synthetic-wordlevel-small-seed0.pkl`` for the wordlevel family)."""
+                   size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled",
+                   padding: str = "bert") -> Path:
+    """Canonical cache file, e.g. ``<cache_dir>/synthetic/MOSI/Processed/unaligned_50-synthetic-small-bertpad-seed0.pkl``
+    (``…-synthetic-wordlevel-small-zeropad-seed0.pkl`` for the wordlevel family with zero pads)."""
     p = preset(like)
     seed = check_seed(seed)
     _task(task)
     stem = p["file_stem"]["aligned" if aligned else "unaligned"]
     label = size_label(like, size) if task == "pooled" else f"{task}-{size_label(like, size)}"
+    label += f"-{_check_padding(padding)}pad"
     return Path(cache_dir) / "synthetic" / p["name"] / "Processed" / f"{stem}-synthetic-{label}-seed{seed}.pkl"
 
 
@@ -205,15 +235,16 @@ def read_metadata(path) -> dict[str, Any] | None:
 
 
 def ensure_synthetic(cache_dir, like: str, aligned: bool = False,
-                     size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled") -> Path:
+                     size: str | Mapping[str, int] = "small", seed: int = 0, task: str = "pooled",
+                     padding: str = "bert") -> Path:
     """Return the cached synthetic file, generating it if missing or stale (other version)."""
-    path = synthetic_path(cache_dir, like, aligned, size, seed, task)
+    path = synthetic_path(cache_dir, like, aligned, size, seed, task, padding)
     meta = read_metadata(path)
-    want = _metadata(like, aligned, size, seed, task)
+    want = _metadata(like, aligned, size, seed, task, padding)
     if path.is_file() and meta is not None and meta.get("task", "pooled") == task and all(
             meta.get(k) == want[k] for k in ("synthetic", "like", "aligned", "sizes", "seed", "generator_version",
-                                             "seed_tag")):
+                                             "seed_tag", "padding")):
         return path
-    logger.info("generating synthetic %s-format data (not real data), %s family, at %s",
-                preset(like)["name"], task, path)
-    return write_synthetic(path, like=like, aligned=aligned, size=size, seed=seed, task=task)
+    logger.info("generating synthetic %s-format data (not real data), %s family, %s pads, at %s",
+                preset(like)["name"], task, padding, path)
+    return write_synthetic(path, like=like, aligned=aligned, size=size, seed=seed, task=task, padding=padding)

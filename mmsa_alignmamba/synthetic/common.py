@@ -161,6 +161,24 @@ def word_average(idx, frames, T_l):
 VOCAB_OFFSET = 1000  # word w is BERT id w + 1000 (clear of [PAD], [CLS], [SEP], [UNK])
 TEXT_NOISE = 0.3     # std of the noise on the text features
 
+# How [PAD] rows of ``text`` are written (``--synthetic-padding``). "bert": as BERT's last layer
+# gives them, not zero: one pad vector shared by the whole file (per-dimension scale like a
+# token's, ≈1.5) plus small noise per slot; only the attention mask in text_bert tells them
+# from words. "zero": exactly zero, as MMSA-FET's feature files are.
+PADDINGS = ("bert", "zero")
+PAD_SCALE = 1.5
+PAD_NOISE = 0.15
+PAD_SEED_TAG = 20653  # entropy of the pad rows' stream, far from any family's SEED_TAG: the words' streams stay as they are
+
+
+def pad_like_bert(text: np.ndarray, mask: np.ndarray, pad_vector: np.ndarray, rng: np.random.Generator) -> None:
+    """Fill the [PAD] rows (``mask`` (N, T_l) False) of ``text`` (N, T_l, d) in place with
+    ``pad_vector`` (d,) plus N(0, PAD_NOISE²) noise per slot."""
+    pads = ~mask.astype(bool)
+    noise = rng.standard_normal((int(pads.sum()), text.shape[2]), dtype=np.float32)
+    noise *= np.float32(PAD_NOISE)
+    text[pads] = pad_vector[None, :] + noise
+
 
 def write_text(out: dict, sl: slice, s0: int, rng: np.random.Generator, tokens: np.ndarray, tok_mask: np.ndarray,
                projection: np.ndarray, word_ids: np.ndarray, wmask: np.ndarray, n_words: np.ndarray,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..text_padding import valid_slots
 from .common import TRUE_MAP_KEYS
 
 #: order in which tables list the rungs, with their display names
@@ -58,7 +59,7 @@ def _word_means(part, m) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _features(part, text_coef):
-    text_mask = np.abs(part["text"]).sum(-1) > 0
+    text_mask = valid_slots(part, "synthetic oracle")   # the attention mask: BERT-style [PAD] rows are not zero
     pooled = {"text": _masked_mean(part["text"], text_mask)}
     for m in ("audio", "vision"):
         pooled[m] = _masked_mean(part[m], _frame_mask(part, m))
