@@ -178,8 +178,8 @@ def test_synthetic_run(tmp_path, capsys):
                         "--epochs", "1", *_dirs(out)], capsys)
     assert rc == 0, err
     rows = _summary(out / "results")
-    assert [r["Data"] for r in rows] == ["synthetic-small"]
-    assert list((cache / "synthetic" / "MOSI" / "Processed").glob("unaligned_50-synthetic-small-seed0.pkl"))
+    assert [r["Data"] for r in rows] == ["synthetic-small-bertpad"]
+    assert list((cache / "synthetic" / "MOSI" / "Processed").glob("unaligned_50-synthetic-small-bertpad-seed0.pkl"))
     (cell,) = _cell_files(out / "results")
     assert json.loads(cell.read_text())["synthetic"] is True
 
@@ -270,10 +270,10 @@ def test_wordlevel_data_measures_plans_and_shows_the_oracle_ladder(tmp_path, cap
     rows = {r["Model"]: r for r in _summary(res / "results")}
     assert set(rows) == {"alignmamba", "oracle: text-only linear", "oracle: pooled all-modality linear",
                          "oracle: true-alignment ceiling"}
-    assert {r["Data"] for r in rows.values()} == {"synthetic-wordlevel-n16-8-8"}
+    assert {r["Data"] for r in rows.values()} == {"synthetic-wordlevel-n16-8-8-bertpad"}
     summary = (res / "results" / "summary.md").read_text()
     assert "SYNTHETIC DATA" in summary and "## Alignment: frames sent to their true word" in summary
-    assert (res / "results" / "oracles" / "mosi-synthetic-wordlevel-n16-8-8.json").is_file()
+    assert (res / "results" / "oracles" / "mosi-synthetic-wordlevel-n16-8-8-bertpad.json").is_file()
 
 
 def test_console_script_default_output_dirs(tmp_path, tiny_pkl, isolated_home):

@@ -162,8 +162,8 @@ def test_identical_cpu_runs_give_identical_metrics_and_resume_reuses_training(sw
     removed.unlink()  # as if killed right after the 0.2 result was saved
 
     again = a.run(args, sweep_pkl)
-    assert "reusing the finished training of lf_dnn-mosi-synthetic-n24-8-8-complete-seed7" in again.stderr
-    assert "already finished, skipping: lf_dnn-mosi-synthetic-n24-8-8-sample0.20-seed7" in again.stderr
+    assert "reusing the finished training of lf_dnn-mosi-synthetic-n24-8-8-bertpad-complete-seed7" in again.stderr
+    assert "already finished, skipping: lf_dnn-mosi-synthetic-n24-8-8-bertpad-sample0.20-seed7" in again.stderr
     assert "after the --epochs budget" not in again.stderr  # no training epoch ran
     assert {p: p.stat().st_mtime_ns for p in kept} == mtimes
     # the checkpoint keeps its weights and now records the test it was reused for as well

@@ -51,4 +51,6 @@ def main(argv) -> int:
     check_cells(cells, settings)
     make_output_dirs(settings)
     add_log_file(settings.log_dir, f"ablate-{args.dataset}")
+    logger.info("ablation on %s (%s data; text padding: %s): %d run(s)", args.dataset, choice.data,
+                choice.text_padding, len(cells))
     return run_sweep(cells, settings, args)

@@ -50,7 +50,8 @@ def main(argv) -> int:
     check_cells(cells, settings)
     make_output_dirs(settings)
     add_log_file(settings.log_dir, f"{model}-{args.dataset}")
-    logger.info("%s on %s (%s data): %d run(s)", model, args.dataset, choice.data, len(cells))
+    logger.info("%s on %s (%s data; text padding: %s): %d run(s)", model, args.dataset, choice.data,
+                choice.text_padding, len(cells))
     return run_sweep(cells, settings, args)
 
 

@@ -27,6 +27,7 @@ class DataChoice:
     aligned: bool
     true_alignment: bool   # it carries the true frame->word maps: plans get measured
     oracle: dict | None    # the synthetic generator's oracle ladder, if it has one
+    text_padding: str      # which text slots the model counts as words (text_padding.CONVENTIONS)
 
 
 def resolve_data(args, aligned: bool) -> tuple[str, str]:
@@ -81,9 +82,8 @@ def prepare_data(args, model: str):
                                    aligned=aligned)
     from ..synthetic import read_metadata
     oracle = (read_metadata(feature_path) or {}).get("oracle") if data != "real" else None
-    if not config.get("use_bert"):
-        logger.info("text padding: %s", text_padding.CONVENTIONS[report.text_padding])
-    return DataChoice(str(report.path), data, aligned, report.true_alignment, oracle)
+    padding = "BERT token ids (use_bert)" if config.get("use_bert") else text_padding.CONVENTIONS[report.text_padding]
+    return DataChoice(str(report.path), data, aligned, report.true_alignment, oracle, padding)
 
 
 def settings_from(args, choice: "DataChoice"):
