@@ -6,6 +6,7 @@ Below both the runner (which decides what to run) and the executors (which decid
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict
@@ -15,10 +16,11 @@ import numpy as np
 import torch
 
 from . import checkpoints, host
+from .errors import InputError
 from .results import COMPLETE, Cell, ResultStore
 from .settings import RunSettings
 
-__all__ = ["EpochBudget", "EpochBudgetReached", "cell_args", "attach_true_alignment", "train_and_test",
+__all__ = ["EpochBudget", "EpochBudgetReached", "ModelCrashed", "cell_args", "attach_true_alignment", "train_and_test",
            "test_setting"]
 
 logger = logging.getLogger("mmsa_alignmamba")
@@ -28,20 +30,62 @@ class EpochBudgetReached(Exception):
     pass
 
 
-class EpochBudget:
-    """Wraps the train loader to stop any trainer (MMSA's loop until early stop) after N epochs."""
+class ModelCrashed(Exception):
+    """A model's or trainer's own code raised while training, validating or testing one cell."""
 
-    def __init__(self, loader, epochs: int):
-        self.loader, self.epochs, self.started = loader, epochs, 0
-        self.dataset = loader.dataset
+    def __init__(self, model: str, phase: str, error: BaseException):
+        self.model, self.phase = model, phase
+        last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        super().__init__(f"{model} crashed while {phase}: {type(error).__name__}: {last[:300]}")
+
+
+@contextlib.contextmanager
+def _crash_names(model: str, phase):
+    """An error raised inside (the model's or its trainer's own code) becomes ModelCrashed, naming
+    the model and ``phase`` (a string, or a callable giving it at the time of the crash). The
+    budget's stop, bad input and interrupts pass through unchanged."""
+    try:
+        yield
+    except (EpochBudgetReached, InputError):
+        raise
+    except Exception as e:
+        raise ModelCrashed(model, phase() if callable(phase) else phase, e) from e
+
+
+class EpochBudget:
+    """Knows which pass a trainer is in (``phase``: 'training' or 'validating', for a crash's
+    message) and, given ``epochs``, stops any trainer (MMSA's loop until early stop) after that many
+    epochs. An epoch is counted as one pass over the valid loader: every trainer validates once per
+    epoch, after its training passes, but some go over the train loader more than once an epoch
+    (MMIM: its MMILB stage, then the rest) or once before the first (Self-MM: its label
+    initialisation). The train loader raises EpochBudgetReached when a pass would start epoch N + 1."""
+
+    def __init__(self, loaders: dict, epochs: int | None = None):
+        self.epochs, self.validated, self.phase = epochs, 0, "training"
+        self.loaders = {**loaders, "train": _Counted(loaders["train"], self._before_train),
+                        "valid": _Counted(loaders["valid"], self._before_valid)}
+
+    def _before_train(self) -> None:
+        if self.epochs is not None and self.validated >= self.epochs:
+            raise EpochBudgetReached
+        self.phase = "training"
+
+    def _before_valid(self) -> None:
+        self.validated += 1
+        self.phase = "validating"
+
+
+class _Counted:
+    """A loader that calls ``before()`` at the start of every pass over it."""
+
+    def __init__(self, loader, before):
+        self.loader, self.before, self.dataset = loader, before, loader.dataset
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
-        self.started += 1
-        if self.started > self.epochs:
-            raise EpochBudgetReached
+        self.before()
         return iter(self.loader)
 
 
@@ -90,17 +134,18 @@ def _train(cell: Cell, settings: RunSettings, args, loaders, store: "ResultStore
     """Train the model for `cell` unless a finished training of it is on record; return it loaded
     with its best-on-validation checkpoint, the trainer, the training record and the checkpoint's
     description (None for a bare one)."""
-    model = host.build_model(args).to(args["device"])
-    trainer = host.build_trainer(args)
+    with _crash_names(cell.model, "building the model"):
+        model = host.build_model(args).to(args["device"])
+        trainer = host.build_trainer(args)
     record = store.training_record(cell)
     checkpoint = Path(args["model_save_path"])
     if record is None or not checkpoint.is_file():
         train_loaders = _wrap_missing(loaders, cell, args, True) if settings.train_missing else loaders
-        if settings.epochs is not None:
-            train_loaders = {**train_loaders, "train": EpochBudget(train_loaders["train"], settings.epochs)}
+        budget = EpochBudget(train_loaders, settings.epochs)
         started = time.time()
         try:
-            trainer.do_train(model, train_loaders)
+            with _crash_names(cell.model, lambda: budget.phase):
+                trainer.do_train(model, budget.loaders)
         except EpochBudgetReached:
             logger.info("stopped %s after the --epochs budget of %d", cell.slug, settings.epochs)
         record = {"train_seconds": round(time.time() - started, 2), "checkpoint": checkpoint.name}  # in --model-save-dir
@@ -127,7 +172,8 @@ def train_and_test(cell: Cell, settings: RunSettings, test_cells: list[Cell], st
     for test_cell in test_cells:
         host.setup_seed(cell.seed)
         test_loaders = loaders if test_cell.protocol == COMPLETE else _wrap_missing(loaders, test_cell, args, False)
-        metrics = trainer.do_test(model, test_loaders["test"], mode="TEST")
+        with _crash_names(cell.model, "testing"):
+            metrics = trainer.do_test(model, test_loaders["test"], mode="TEST")
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
         results.append((test_cell, metrics))
         tested[test_setting(test_cell)] = metrics

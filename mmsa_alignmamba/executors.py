@@ -63,7 +63,9 @@ def _set_threads(cpus_per_run: int | None) -> None:
 
 
 class LocalExecutor:
-    """Each training in this process, one after another (a failure stops the run, as always)."""
+    """Each training in this process, one after another. A model that crashes (ModelCrashed) is
+    reported as failed and the rest go on, as on Ray; its traceback goes to the debug log
+    (``-v 2``). Anything else (bad input, an interrupt, a bug of this package) stops the run."""
     name = "local"
 
     def __init__(self, cpus_per_run: int | None = None):
@@ -71,11 +73,16 @@ class LocalExecutor:
 
     def run(self, jobs: list[Job], settings: RunSettings, store: ResultStore, done: Done, running=None) -> None:
         """Train and test each job here; ``running(count)`` is not called: one runs at a time."""
-        from .cell_training import train_and_test
+        from .cell_training import ModelCrashed, train_and_test
         _set_threads(self.cpus_per_run)
         for job in jobs:
             logger.info("running %s (%d test setting(s))", job.name, len(job.test_cells))
-            train_and_test(job.train_cell, settings, list(job.test_cells), store)
+            try:
+                train_and_test(job.train_cell, settings, list(job.test_cells), store)
+            except ModelCrashed as e:
+                logger.debug("%s: %s", job.name, e, exc_info=e.__cause__)
+                done(job, e)
+                continue
             done(job, None)
 
     def close(self) -> None:

@@ -206,10 +206,11 @@ def summary_tables(res_dir: Path, metric: str) -> tuple[ResultStore, pd.DataFram
 
 
 def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", paper_rows: bool = False,
-                  tables=None) -> dict[str, Path]:
+                  tables=None, reference: str | None = None) -> dict[str, Path]:
     """Rebuild `<res_dir>/<name>.csv|.md` (and the robustness table when there are missing-rate
     runs); the side-by-side table and the significance columns are for ``metric``. ``tables``:
-    what summary_tables gives, when the caller has it already."""
+    what summary_tables gives, when the caller has it already. ``reference`` (e.g. 'mmsa'): that
+    source's published rows for the datasets present, in their own section of the markdown."""
     res_dir = Path(res_dir)
     store, summary, sig = tables or summary_tables(res_dir, metric)
     table = summary
@@ -242,6 +243,8 @@ def write_summary(res_dir, name: str = "summary", metric: str = "Has0_acc_2", pa
                      f"{c['rate']:g} | {c['seed']} | {r['likely_cause']} |\n")
     if paper_rows:
         text += paper_reference(summary)
+    if reference:
+        text += published_reference(summary, reference)
     paths["md"] = atomic_write_text(res_dir / f"{name}.md", text)
     return paths
 
@@ -357,5 +360,26 @@ def paper_reference(summary: pd.DataFrame) -> str:
         text += "|---|---|" + "---|" * len(rates) + "\n"
         for label, complete, missing in rows:
             text += f"| {label} (reported in the paper) | {complete} | " + " | ".join(m or "—" for m in missing) + " |\n"
+        text += "\n"
+    return text
+
+
+def published_reference(summary: pd.DataFrame, name: str) -> str:
+    """Markdown: ``name``'s published rows (reference.py) for each dataset in ``summary``, in their own
+    section after the measured ones, every row marked 'reported by MMSA' (never mixed with them)."""
+    from .reference import reference_rows
+    text = ""
+    for dataset in sorted(set(summary["Dataset"])) if not summary.empty else []:
+        rows, source, note = reference_rows(name, dataset)
+        if not rows:
+            continue
+        metrics = [k for k in rows[0] if k not in ("dataset", "model", "data_setting")]
+        if not text:
+            text = f"\n## Reference: reported by {name.upper()}, not measured here\n\n{note} Source: {source}.\n\n"
+        text += f"### {dataset.upper()} (real data, as reported by {name.upper()})\n\n"
+        text += "| Model | Data setting | " + " | ".join(metrics) + " |\n|---|---|" + "---|" * len(metrics) + "\n"
+        for r in rows:
+            text += (f"| {r['model']} (reported by {name.upper()}) | {r['data_setting']} | "
+                     + " | ".join(f"{r[m]:g}" for m in metrics) + " |\n")
         text += "\n"
     return text

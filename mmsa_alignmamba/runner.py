@@ -123,6 +123,8 @@ def likely_cause(error: BaseException) -> str:
     """One line on why a training did not finish, from the error its executor reported."""
     kind = type(error).__name__
     text = str(error)
+    if kind == "ModelCrashed":            # its message names the model, the phase and the cause
+        return text
     if kind == "OutOfMemoryError" or "memory monitor" in text.lower():
         return "killed for lack of memory (Ray's memory monitor; the memory use is in the error record)"
     if kind in ("WorkerCrashedError", "NodeDiedError") or "SIGKILL" in text or "signal 9" in text:

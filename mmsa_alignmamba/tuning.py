@@ -106,7 +106,7 @@ def _trial(params: dict, *, model: str, dataset: str, data, config_text: str | N
         trainer.do_test = do_test
         budget = max(1, max_epochs - progress["epoch"])
         try:
-            trainer.do_train(net, {**loaders, "train": EpochBudget(loaders["train"], budget)})
+            trainer.do_train(net, EpochBudget(loaders, budget).loaders)
         except EpochBudgetReached:
             pass
 

@@ -121,11 +121,14 @@ def test_amio_and_atio_build_plugin_model_and_trainer():
 
 
 def test_compat_fixes_are_the_tested_ones():
-    """Each fix below has its own test here (each fails with that fix left out): a new fix needs one too."""
+    """Each fix below has its own test (here, or in test_builtins.py for the fixes of single models;
+    each fails with that fix left out): a new fix needs one too."""
     assert [f.__name__ for f in host.COMPAT_FIXES] == [
         "fix_cpu_set_device", "fix_reduce_lr_verbose", "fix_numpy_text_in_csv", "fix_duplicate_log_handlers",
         "fix_empty_paths", "fix_checkpoint_per_seed", "fix_eval_shuffle", "fix_unsafe_pickle_load",
-        "fix_text_lengths_from_mask", "fix_glibc_heap_growth"]
+        "fix_text_lengths_from_mask", "fix_glibc_heap_growth", "fix_mctn_hardcoded_cuda",
+        "fix_bert_ignores_pretrained", "fix_mag_bert_transformers5",
+        "fix_multitask_train_log"]   # the last four: tests/test_builtins.py
 
 
 _HEAP_PATTERN = """

@@ -13,6 +13,7 @@ COMMANDS = Registry("command", "mmsa.commands", {
     "make-synthetic": "mmsa_alignmamba.cli.make_synthetic:main",
     "inspect": "mmsa_alignmamba.cli.inspect:main",
     "ablate": "mmsa_alignmamba.cli.ablate:main",
+    "leaderboard": "mmsa_alignmamba.cli.leaderboard:main",
     "tune": "mmsa_alignmamba.cli.tune:main",
     "report": "mmsa_alignmamba.cli.report:main",
     "predict": "mmsa_alignmamba.cli.predict:main",

@@ -14,7 +14,7 @@ from ..settings import RunSettings, output_root, resolve_output_dirs
 from .options import resolve_device
 
 __all__ = ["DataChoice", "resolve_data", "prepare_data", "settings_from", "make_output_dirs", "build_cells",
-           "run_sweep"]
+           "run_sweep", "run_batches"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 
@@ -116,9 +116,16 @@ def build_cells(model: str, dataset: str, data: str, seeds: list[int], protocol:
     return [Cell(model, dataset, data, seed, p, r, v) for v in variants for seed in seeds for p, r in settings]
 
 
-def run_sweep(cells, settings, args=None) -> int:
+def run_sweep(cells, settings, args=None, reference: str | None = None) -> int:
     """Run the cells on the executor ``args`` name, rebuild the summary, print it. -> exit status
     (1 when some training failed; the others are kept and the summary says which are missing)."""
+    return run_batches([(cells, settings)], args, reference)
+
+
+def run_batches(batches, args=None, reference: str | None = None) -> int:
+    """:func:`run_sweep` for several (cells, settings) batches that share the output folders (a
+    leaderboard: the models that need word-aligned data train on it, the others on the unaligned
+    file), on one executor, then one summary of them all (with ``reference``'s published rows)."""
     from tqdm import tqdm
 
     from ..executors import make_executor
@@ -126,25 +133,29 @@ def run_sweep(cells, settings, args=None) -> int:
     from ..runner import run_cells
     executor = make_executor(getattr(args, "executor", "local"), getattr(args, "ray_address", None),
                              getattr(args, "cpus_per_run", None), getattr(args, "gpus_per_run", 0))
-    bars = []
+    res_dir = batches[0][1].res_save_dir
+    bars, results = [], []
 
-    def progress(total: int, finished: int):
-        # smoothing=0: the ETA is this run's average pace, not the last training's
-        bars.append(tqdm(total=total, initial=finished, desc=f"trainings ({len(cells)} cells)", unit="training",
-                         smoothing=0, disable=total < 2))
-        return bars[-1]
+    def progress(cells):
+        def start(total: int, finished: int):
+            # smoothing=0: the ETA is this run's average pace, not the last training's
+            bars.append(tqdm(total=total, initial=finished, desc=f"trainings ({len(cells)} cells)", unit="training",
+                             smoothing=0, disable=total < 2))
+            return bars[-1]
+        return start
 
     try:
-        results = run_cells(cells, settings, progress=progress, executor=executor)
+        for cells, settings in batches:
+            results += run_cells(cells, settings, progress=progress(cells), executor=executor)
     except KeyboardInterrupt:  # the finished cells still make a summary; a rerun resumes the rest
-        write_summary(settings.res_save_dir)
-        logger.info("interrupted: summary of the finished runs written to %s", settings.res_save_dir)
+        write_summary(res_dir, reference=reference)
+        logger.info("interrupted: summary of the finished runs written to %s", res_dir)
         raise
     finally:
         for bar in bars:
             bar.close()
         executor.close()
-    paths = write_summary(settings.res_save_dir)
+    paths = write_summary(res_dir, reference=reference)
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():
         logger.info("wrote %s: %s", kind, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import importlib
 import inspect
 import logging
 import os
@@ -72,7 +73,6 @@ def fix_reduce_lr_verbose() -> None:
     """MulT / MMIM / TFR_Net trainers pass verbose= to ReduceLROnPlateau: a TypeError on torch >= 2.7."""
     if _reduce_lr_accepts_verbose():
         return
-    import importlib
     import pkgutil
 
     import MMSA.trains
@@ -246,6 +246,110 @@ def fix_text_lengths_from_mask() -> None:
     MMDataset.__getitem__ = __getitem__
 
 
+class _ParameterDevice:
+    """MCTN's Seq2Seq.device: the device its parameters are on (the 'cuda' it is given is ignored)."""
+
+    def __get__(self, module, owner=None):
+        return self if module is None else next(module.parameters()).device
+
+    def __set__(self, module, value) -> None:
+        pass
+
+
+def fix_mctn_hardcoded_cuda() -> None:
+    """MCTN builds its two Seq2Seq translators with device 'cuda' and allocates their outputs there:
+    AssertionError 'Torch not compiled with CUDA enabled' on CPU, and the wrong GPU on cuda:1."""
+    importlib.import_module("MMSA.models.singleTask.MCTN").Seq2Seq.device = _ParameterDevice()
+
+
+def fix_bert_ignores_pretrained() -> None:
+    """Two of MMSA's BERT loaders ignore the config's (and --pretrained's) ``pretrained``: TFR-Net
+    builds its BertTextEncoder without it, MAG-BERT loads 'bert-base-uncased' / '-chinese' by name.
+    Both went to the Hugging Face hub, so a local BERT folder or an offline machine failed."""
+    # (the packages' __init__ rebinds the module names to the classes: the modules by full name)
+    tfr = importlib.import_module("MMSA.models.missingTask.TFR_NET.model")
+    mag = importlib.import_module("MMSA.models.singleTask.BERT_MAG")
+    encoder = keep("TFR_NET.BertTextEncoder", tfr.BertTextEncoder)
+    tfr_init = keep("TFR_NET.__init__", tfr.TFR_NET.__init__)
+
+    @functools.wraps(tfr_init)
+    def tfr_net_init(self, args):
+        tfr.BertTextEncoder = functools.partial(encoder, transformers=args.get("transformers", "bert"),
+                                                pretrained=args.get("pretrained", "bert-base-uncased"))
+        try:
+            tfr_init(self, args)
+        finally:
+            tfr.BertTextEncoder = encoder
+
+    tfr.TFR_NET.__init__ = tfr_net_init
+    classifier = keep("BERT_MAG.MAG_BertForSequenceClassification", mag.MAG_BertForSequenceClassification)
+
+    class MAGFromConfiguredBert(classifier):
+        @classmethod
+        def from_pretrained(cls, path, *rest, args=None, **kwargs):
+            return super().from_pretrained((args or {}).get("pretrained") or path, *rest, args=args, **kwargs)
+
+    mag.MAG_BertForSequenceClassification = MAGFromConfiguredBert
+
+
+def _extended_attention_mask(self, attention_mask, input_shape=None, device=None):
+    """transformers 4's ModuleUtilsMixin.get_extended_attention_mask for an encoder: the (B, T) 0/1
+    mask as an additive (B, 1, 1, T) one, 0 where attended and the dtype's minimum where not."""
+    mask = attention_mask[:, None, None, :].to(self.dtype)
+    return (1.0 - mask) * torch.finfo(self.dtype).min
+
+
+def _no_head_mask(self, head_mask, num_hidden_layers):
+    """transformers 4's get_head_mask without a mask given (MMSA never gives one): None per layer."""
+    if head_mask is not None:
+        raise NotImplementedError("head masks are gone from transformers 5")
+    return [None] * num_hidden_layers
+
+
+def fix_mag_bert_transformers5() -> None:
+    """MAG-BERT (BERT_MAG.py) is written against transformers 4's BertPreTrainedModel, whose helpers
+    transformers 5 removed: its __init__ ends with init_weights() but only post_init() records what
+    from_pretrained reads (AttributeError 'all_tied_weights_keys'), and its forward calls
+    get_extended_attention_mask and get_head_mask (AttributeError). post_init (which calls
+    init_weights itself) is run where MMSA's __init__ left it out, and the two helpers are given
+    back with transformers 4's behaviour for an encoder."""
+    mag = importlib.import_module("MMSA.models.singleTask.BERT_MAG")
+    for name in ("MAG_BertModel", "MAG_BertForSequenceClassification"):
+        cls = keep(f"BERT_MAG.{name}", getattr(mag, name))
+        original = keep(f"BERT_MAG.{name}.__init__", cls.__init__)
+
+        def __init__(self, config, args, _original=original):
+            _original(self, config, args)
+            if "all_tied_weights_keys" not in self.__dict__ and hasattr(self, "post_init"):
+                self.post_init()
+
+        cls.__init__ = functools.wraps(original)(__init__)
+    for helper, compat in (("get_extended_attention_mask", _extended_attention_mask), ("get_head_mask", _no_head_mask)):
+        if not hasattr(mag.MAG_BertModel, helper):
+            setattr(mag.MAG_BertModel, helper, compat)
+
+
+_MULTITASK_TRAIN_LOG = " {dict_to_str(train_results)}\"\n"
+
+
+def fix_multitask_train_log() -> None:
+    """MLF_DNN, MTFN and MLMF (SIMS's multi-task models) log ``train_results`` before the loop that
+    computes them: UnboundLocalError at the end of the first epoch, so they never trained. The log
+    line loses that field (the per-task lines right after it print the results); the rest of
+    ``do_train`` is MMSA's own source, compiled in its module."""
+    import textwrap
+    for name in ("MLF_DNN", "MTFN", "MLMF"):
+        module = importlib.import_module(f"MMSA.trains.multiTask.{name}")
+        trainer = getattr(module, name)
+        source = textwrap.dedent(inspect.getsource(keep(f"{name}.do_train", trainer.do_train)))
+        if source.count(_MULTITASK_TRAIN_LOG) != 1:   # another MMSA release: leave its code alone
+            continue
+        namespace: dict = {}
+        exec(compile(source.replace(_MULTITASK_TRAIN_LOG, '"\n', 1), inspect.getsourcefile(trainer), "exec"),
+             module.__dict__, namespace)
+        trainer.do_train = namespace["do_train"]
+
+
 MMAP_THRESHOLD_BYTES = 128 * 1024
 MMAP_THRESHOLD_ENV = "MMSA_ALIGNMAMBA_MMAP_THRESHOLD"
 
@@ -297,4 +401,8 @@ COMPAT_FIXES = (
     fix_unsafe_pickle_load,
     fix_text_lengths_from_mask,
     fix_glibc_heap_growth,
+    fix_mctn_hardcoded_cuda,
+    fix_bert_ignores_pretrained,
+    fix_mag_bert_transformers5,
+    fix_multitask_train_log,
 )
