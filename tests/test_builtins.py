@@ -222,3 +222,9 @@ def test_leaderboard_trains_aligned_and_unaligned_models_and_keeps_mmsa_rows_apa
     assert "| self_mm (reported by MMSA) | unaligned | 83.44 | 83.36 | 85.46 | 85.43 | 53.47 | 46.67 | 0.708 | 0.7963 |" \
         in reference
     assert "results/result-stat.md" in reference and "### MOSI" in reference and "### SIMS" not in reference
+
+
+def test_a_model_without_a_config_for_the_dataset_is_one_error_line(tiny_pkl, tmp_path, capsys):
+    rc, _, err = run_cli(["-m", "mlf_dnn", "-d", "mosi", "--feature-path", tiny_pkl, "--res-save-dir", tmp_path / "r"],
+                         capsys)
+    assert rc == 2 and err.strip() == "mmsa: error: MMSA has no mosi config for mlf_dnn (see its datasetParams)"

@@ -2,7 +2,7 @@
 one sub-command per module, found by name in :data:`.commands.COMMANDS`.
 
     mmsa -m alignmamba -d mosi --synthetic -s 1111          train + test, results under ~/MMSA/
-    mmsa models | components | make-synthetic | ablate | tune | report | predict | export | bench
+    mmsa models | components | make-synthetic | ablate | leaderboard | tune | report | predict | export | bench
 
 Every failure caused by the user's input (unknown model, missing data file, bad option) prints
 one line `mmsa: error: …` and exits with status 2.

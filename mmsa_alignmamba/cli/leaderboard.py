@@ -47,9 +47,9 @@ def leaderboard_models(names: list[str], dataset: str) -> list[tuple[str, str]]:
                              f"({', '.join(v for v in ABLATIONS if v != 'alignmamba')})")
         try:
             host.load_config(model, dataset, None)
-        except KeyError:
+        except host.NoDatasetConfig:
             if names != ["all"]:
-                raise InputError(f"MMSA has no {dataset} config for {model}") from None
+                raise
             logger.info("left out of the leaderboard: %s (MMSA has no %s config for it)", model, dataset)
             continue
         kept.append((model, variant))

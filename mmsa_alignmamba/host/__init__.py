@@ -19,6 +19,7 @@ names below are the adapter's interface for the rest of the package.
 """
 from .configs import (
     DATASETS,
+    NoDatasetConfig,
     aligned_dataset_params,
     check_model_args,
     config_file_for,
@@ -49,7 +50,7 @@ __all__ = [
     "ENTRY_POINT_GROUPS", "Plugin", "plugins", "refresh_plugins", "builtin_models", "registered_models",
     "check_model_name", "UnknownModelError", "install", "install_when_mmsa_imports", "COMPAT_FIXES",
     # configs and data locations
-    "DATASETS", "mmsa_default_config", "default_configs_text", "config_file_for", "load_config",
+    "DATASETS", "NoDatasetConfig", "mmsa_default_config", "default_configs_text", "config_file_for", "load_config",
     "mmsa_dataset_root", "dataset_relative_path", "aligned_dataset_params", "mmsa_run_args",
     # MMSA's building blocks for our runner
     "check_model_args", "build_model", "build_trainer", "build_dataloaders", "setup_seed", "metrics_for",

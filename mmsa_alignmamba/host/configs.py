@@ -174,7 +174,16 @@ def load_config(model_name: str, dataset_name: str, config_file=None, tune: bool
         get_tune = ORIGINALS.get("config.tune", MMSA.config.get_config_tune)
         return get_tune(name, dataset, config_file_for(name, config_file, "tune"), random_choice)
     get_regression = ORIGINALS.get("config.regression", MMSA.config.get_config_regression)
-    return get_regression(name, dataset, config_file_for(name, config_file, "regression"))
+    try:
+        return get_regression(name, dataset, config_file_for(name, config_file, "regression"))
+    except KeyError as e:   # MMSA indexes datasetParams[dataset]: MCTN has MOSI only, MLF-DNN/MTFN/MLMF SIMS only
+        if e.args != (dataset,):
+            raise
+        raise NoDatasetConfig(f"MMSA has no {dataset} config for {name} (see its datasetParams)") from None
+
+
+class NoDatasetConfig(InputError):
+    """The model has no config for the dataset (MMSA's ``datasetParams`` lack it)."""
 
 
 def check_model_args(args) -> None:
