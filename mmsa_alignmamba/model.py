@@ -64,6 +64,8 @@ class AlignMambaConfig:
                                       # one clock) or "mixture" (each frame on its own, position prior)
     ot_position_prior: float = 0.0    # cosine cost: + β·δ², δ = distance in words from the time-proportional spot
     likelihood_prior_init: float = 0.05  # mixture cost: starting β of its learned position prior
+    aligner_band: int = 0             # monotone cost: words per grid step around the time-proportional word
+                                      # (ours, alignment/band.py: O(T·W)); 0 or >= T_l: the full lattice
     global_alignment: str | bool = "none"  # by name (mmsa.global_alignments): "mmd" (the paper's: MMD² between
                                       # aligned audio/vision and text), "none" (ours by default: MMD gave no gain
                                       # and hurt once active, docs/method.md §3), or a third party's;
@@ -96,6 +98,7 @@ class AlignMambaConfig:
             (sigmas_ok, "mmd_sigmas must be 'median' or positive bandwidths"),
             (self.ot_position_prior >= 0, "ot_position_prior must be >= 0"),
             (self.likelihood_prior_init > 0, "likelihood_prior_init must be > 0"),
+            (self.aligner_band >= 0, "aligner_band must be >= 0 (0: the full lattice)"),
             (self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"),
             (bool(self.modalities) and set(self.modalities) <= set(MODALITIES),
              f"modalities must be a non-empty subset of {MODALITIES}"),
@@ -198,7 +201,8 @@ class AlignMamba(nn.Module):
         # Ours: the learned alignment model behind the monotone / mixture cost, over every source.
         sources = [m for m in cfg.modalities if m != "text"]
         aligns = cfg.fusion == "interleave" and "text" in cfg.modalities and sources and cfg.local_alignment != "none"
-        self.aligner = WordAligner(d, {m: in_dims[m] for m in sources}, cfg.ot_cost, cfg.likelihood_prior_init) \
+        self.aligner = WordAligner(d, {m: in_dims[m] for m in sources}, cfg.ot_cost, cfg.likelihood_prior_init,
+                                   band=cfg.aligner_band) \
             if aligns and cfg.ot_cost != "cosine" else None
         # The configured components, each built from the config it takes its own options from.
         self.local_alignment = components.LOCAL_ALIGNMENTS.create(cfg.local_alignment, cfg)
@@ -442,5 +446,7 @@ for _name, _overrides, _meaning in (
     ("language_only", {"modalities": ["text"]}, "text only"),
     ("modality_dropout", {"modality_dropout": 0.3},
      "ours: training-time modality dropout 0.3 (robustness to missing modalities)"),
+    ("banded", {"aligner_band": 8},
+     "ours: the learned aligner's lattice cut to the 8 words around each grid step's time-proportional word"),
 ):
     ABLATIONS.register(_name, _overrides, meaning=_meaning)

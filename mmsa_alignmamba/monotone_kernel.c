@@ -19,9 +19,10 @@
  * stay near NEG (|NEG| swamps any finite log-probability), and the output turns every value
  * below NEG / 10 into -inf, which is what the tensor version gives there.
  *
- * Layouts (row-major): emit (batch, T_m, T_l) float32; frame_mask (batch, T_m), word_mask
- * (batch, T_l), bytes, nonzero = valid; log_lik (batch); post (batch, T_m, T_l), which holds alpha
- * between the two passes. Threads: whole samples each (OpenMP, on PyTorch's runtime), so the
+ * Layouts (row-major): emit (batch, T_m, W) float32; frame_mask (batch, T_m), word_mask
+ * (batch, T_l), bytes, nonzero = valid; starts (batch, T_m) int64 or NULL; log_lik (batch); post
+ * (batch, T_m, W), which holds alpha between the two passes. W = T_l for the full lattice; the
+ * banded one (alignment/band.py) keeps W words a frame, slot k of frame t being word starts[t] + k. Threads: whole samples each (OpenMP, on PyTorch's runtime), so the
  * numbers do not depend on the thread count.
  */
 
@@ -43,10 +44,18 @@ static inline float lse2(float a, float b) {
     return m + logf(expf(a - m) + expf(b - m));
 }
 
-/* One sample. row: 2 + T_l + 2 floats of workspace (NEG borders for the shifted reads), then T_l
- * for the log-probability of ending in each word. */
+/* The word of band slot k at a frame whose band starts at word lo; valid when it is a real word. */
+static inline int slot_valid(const unsigned char *word_mask, long T_l, long lo, long k) {
+    return lo + k < T_l && word_mask[lo + k];
+}
+
+/* One sample. W slots per frame: the full lattice (starts NULL, W = T_l, slot k = word k) or the
+ * banded one (slot k of frame t = word starts[t] + k; starts moves by 0..2 a frame). row: 2 + W + 2
+ * floats (NEG borders for the shifted reads), the same again for the backward's ahead row, then W
+ * for the log-probability of ending in each slot. */
 static void one_sample(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
-                       long T_m, long T_l, float skip, float *log_lik, float *post, float *row) {
+                       const long *starts, long T_m, long T_l, long W, float skip, float *log_lik, float *post,
+                       float *row) {
     long n_m = 0, n_l = 0;
     for (long t = 0; t < T_m; ++t)
         n_m += frame_mask[t] != 0;
@@ -58,79 +67,90 @@ static void one_sample(const float *emit, const unsigned char *frame_mask, const
     float advance = (float)(n_l - 1) / (float)(n_m - 1 > 1 ? n_m - 1 : 1) / (1.f + skip);
     advance = advance < 1e-4f ? 1e-4f : (advance > 0.95f ? 0.95f : advance);
     const float stay = log1pf(-advance), move = logf(advance * (1.f - skip)), jump = logf(advance * skip);
-    float *mid = row + 2; /* mid[-2], mid[-1], mid[T_l], mid[T_l + 1] stay NEG */
-    row[0] = row[1] = mid[T_l] = mid[T_l + 1] = NEG;
+    float *mid = row + 2; /* mid[-2], mid[-1], mid[W], mid[W + 1] stay NEG */
+    float *ahead = row + W + 6; /* the same borders */
+    row[0] = row[1] = mid[W] = mid[W + 1] = NEG;
+    ahead[-2] = ahead[-1] = ahead[W] = ahead[W + 1] = NEG;
+#define START(t) (starts ? starts[t] : 0)
 
     /* forward: alpha[t] into post[t] */
-    for (long j = 0; j < T_l; ++j) {
+    for (long k = 0; k < W; ++k) {
+        long j = START(0) + k;
         float start = j == 0 ? logf(1.f - skip) : (j == 1 ? logf(skip) : NEG);
-        post[j] = word_mask[j] ? start + emit[j] : NEG;
+        post[k] = slot_valid(word_mask, T_l, START(0), k) ? start + emit[k] : NEG;
     }
     for (long t = 1; t < T_m; ++t) {
-        const float *prev = post + (t - 1) * T_l, *e = emit + t * T_l;
-        float *alpha = post + t * T_l;
+        const float *prev = post + (t - 1) * W, *e = emit + t * W;
+        float *alpha = post + t * W;
         if (!frame_mask[t]) { /* padding carries the previous frame's */
-            for (long j = 0; j < T_l; ++j)
-                alpha[j] = prev[j];
+            for (long k = 0; k < W; ++k)
+                alpha[k] = prev[k];
             continue;
         }
-        for (long j = 0; j < T_l; ++j)
-            mid[j] = prev[j];
+        const long lo = START(t), d = lo - START(t - 1); /* slot k here is slot k + d of the previous frame */
+        for (long k = 0; k < W; ++k)
+            mid[k] = prev[k];
 #pragma omp simd
-        for (long j = 0; j < T_l; ++j)
-            alpha[j] = word_mask[j] ? lse3(mid[j] + stay, mid[j - 1] + move, mid[j - 2] + jump) + e[j] : NEG;
+        for (long k = 0; k < W; ++k)
+            alpha[k] = slot_valid(word_mask, T_l, lo, k)
+                       ? lse3(mid[k + d] + stay, mid[k + d - 1] + move, mid[k + d - 2] + jump) + e[k] : NEG;
     }
 
     /* the end: the last word, or anywhere where the last word cannot be reached */
     const int reachable = n_l - 1 <= 2 * (n_m - 1) + 1;
-    float *end = row + T_l + 4;
-    for (long j = 0; j < T_l; ++j)
-        end[j] = (reachable ? j == n_l - 1 : word_mask[j] != 0) ? 0.f : NEG;
-    const float *final = post + (n_m - 1) * T_l;
+    const long lo_end = START(n_m - 1);
+    float *end = row + 2 * W + 8;
+    for (long k = 0; k < W; ++k)
+        end[k] = (reachable ? lo_end + k == n_l - 1 : slot_valid(word_mask, T_l, lo_end, k)) ? 0.f : NEG;
+    const float *final = post + (n_m - 1) * W;
     float total = NEG;
-    for (long j = 0; j < T_l; ++j)
-        total = lse2(total, final[j] + end[j]);
+    for (long k = 0; k < W; ++k)
+        total = lse2(total, final[k] + end[k]);
     *log_lik = total;
 
     /* backward: beta[t] in mid, combined with alpha[t] into post[t] on the way */
-    for (long j = 0; j < T_l; ++j) /* beta at the last padded frame */
-        mid[j] = n_m - 1 == T_m - 1 ? end[j] : NEG;
+    for (long k = 0; k < W; ++k) /* beta at the last padded frame */
+        mid[k] = n_m - 1 == T_m - 1 ? end[k] : NEG;
     for (long t = T_m - 1; t >= 0; --t) {
         if (t < T_m - 1) {
             if (t < n_m - 1) {
-                const float *e = emit + (t + 1) * T_l;
-                for (long j = 0; j < T_l; ++j) /* ahead[j] = beta[t+1][j] + e[t+1][j], in place */
-                    mid[j] = word_mask[j] ? mid[j] + e[j] : NEG;
+                const float *e = emit + (t + 1) * W;
+                const long lo_next = START(t + 1), d = lo_next - START(t); /* slot k here is k - d there */
+                for (long k = 0; k < W; ++k) /* ahead[k] = beta[t+1][k] + e[t+1][k] */
+                    ahead[k] = slot_valid(word_mask, T_l, lo_next, k) ? mid[k] + e[k] : NEG;
 #pragma omp simd
-                for (long j = 0; j < T_l; ++j) /* reads j + 1, j + 2 before they are overwritten */
-                    mid[j] = lse3(mid[j] + stay, mid[j + 1] + move, mid[j + 2] + jump);
+                for (long k = 0; k < W; ++k)
+                    mid[k] = lse3(ahead[k - d] + stay, ahead[k - d + 1] + move, ahead[k - d + 2] + jump);
             } else if (t == n_m - 1) {
-                memcpy(mid, end, sizeof(float) * T_l);
+                memcpy(mid, end, sizeof(float) * W);
             }
         }
-        float *out = post + t * T_l;
-        for (long j = 0; j < T_l; ++j) {
-            float v = out[j] + mid[j] - total;
-            out[j] = frame_mask[t] && v > IMPOSSIBLE_BELOW ? v : -INFINITY;
+        float *out = post + t * W;
+        for (long k = 0; k < W; ++k) {
+            float v = out[k] + mid[k] - total;
+            out[k] = frame_mask[t] && v > IMPOSSIBLE_BELOW ? v : -INFINITY;
         }
     }
+#undef START
     if (!(total > IMPOSSIBLE_BELOW))
         *log_lik = -INFINITY;
 }
 
-/* Returns 0, or 1 when a workspace cannot be allocated. */
+/* Returns 0, or 1 when a workspace cannot be allocated. starts: (batch, T_m) longs, or NULL for the
+ * full lattice (W = T_l); emit and post are (batch, T_m, W). */
 int monotone_forward_backward(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
-                              long batch, long T_m, long T_l, float skip, int threads, float *log_lik, float *post) {
+                              const long *starts, long batch, long T_m, long T_l, long W, float skip, int threads,
+                              float *log_lik, float *post) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *row = malloc(sizeof(float) * (2 * T_l + 4));
+        float *row = malloc(sizeof(float) * (3 * W + 8));
         failed = row == NULL;
 #pragma omp for schedule(static)
         for (long b = 0; b < batch; ++b)
             if (!failed)
-                one_sample(emit + b * T_m * T_l, frame_mask + b * T_m, word_mask + b * T_l, T_m, T_l, skip,
-                           log_lik + b, post + b * T_m * T_l, row);
+                one_sample(emit + b * T_m * W, frame_mask + b * T_m, word_mask + b * T_l,
+                           starts ? starts + b * T_m : NULL, T_m, T_l, W, skip, log_lik + b, post + b * T_m * W, row);
         free(row);
     }
     return failed;

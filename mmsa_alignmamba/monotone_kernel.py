@@ -23,7 +23,7 @@ from . import native
 __all__ = ["forward_backward"]
 
 PARALLEL_MIN_CELLS = 1 << 15   # B * T_m * T_l below which threads cost more than they save
-_ARGTYPES = (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 3 + (ctypes.c_float, ctypes.c_int) + (ctypes.c_void_p,) * 2
+_ARGTYPES = (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4 + (ctypes.c_float, ctypes.c_int) + (ctypes.c_void_p,) * 2
 
 
 def _kernel():
@@ -31,21 +31,23 @@ def _kernel():
 
 
 def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
-                     skip: float) -> Optional[Tuple[Tensor, Tensor]]:
-    """(log_lik (B,), log_post (B, T_m, T_l)) as ``alignment.lattice.forward_backward`` computes them,
+                     skip: float, starts: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tensor]]:
+    """(log_lik (B,), log_post (B, T_m, W)) as ``alignment.lattice.forward_backward`` computes them,
     or None where the kernel does not apply (not CPU float32, non-finite emissions, no kernel).
-    Inputs as there: log_emit (B, T_m, T_l), frame_mask (B, T_m), word_mask (B, T_l), bool."""
+    Inputs as there: log_emit (B, T_m, W), frame_mask (B, T_m), word_mask (B, T_l), bool; ``starts``
+    (B, T_m) the band's first words (None: the full lattice, W = T_l)."""
     if log_emit.device.type != "cpu" or log_emit.dtype != torch.float32 or log_emit.requires_grad:
         return None
     if _kernel() is None or not bool(torch.isfinite(log_emit).all()):
         return None
-    batch, t_m, t_l = log_emit.shape
+    batch, t_m, width = log_emit.shape
     emit = log_emit.contiguous()
     frames = frame_mask.to(torch.bool).contiguous()
     words = word_mask.to(torch.bool).contiguous()
-    log_lik, log_post = emit.new_empty(batch), emit.new_empty(batch, t_m, t_l)
-    threads = native.threads_for(batch, batch * t_m * t_l, PARALLEL_MIN_CELLS)
-    if _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), batch, t_m, t_l, skip, threads,
-                 log_lik.data_ptr(), log_post.data_ptr()):
+    band = None if starts is None else starts.to(torch.int64).contiguous()
+    log_lik, log_post = emit.new_empty(batch), emit.new_empty(batch, t_m, width)
+    threads = native.threads_for(batch, batch * t_m * width, PARALLEL_MIN_CELLS)
+    if _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), None if band is None else band.data_ptr(),
+                 batch, t_m, words.shape[1], width, skip, threads, log_lik.data_ptr(), log_post.data_ptr()):
         raise MemoryError("the CPU forward-backward kernel could not allocate its workspace")
     return log_lik, log_post

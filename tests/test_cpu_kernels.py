@@ -169,7 +169,8 @@ def _chain(batch, t_m, t_l, sharpness=1.0, seed=0):
 ])
 def test_the_forward_backward_kernel_computes_the_torchscript_recursions(batch, t_m, t_l, sharpness):
     emit, frames, words = _chain(batch, t_m, t_l, sharpness)
-    want_lik, want_post = compiled(lattice.forward_backward)(emit, frames, words, 0.05, False)
+    want_lik, want_post = compiled(lattice.forward_backward)(emit, frames, words, 0.05, False,
+                                                              lattice.starts_or_full(frames, None))
     got_lik, got_post = monotone_kernel.forward_backward(emit, frames, words, 0.05)
     possible = torch.isfinite(want_post)
     assert torch.equal(possible, torch.isfinite(got_post))          # the same impossible cells, as -inf

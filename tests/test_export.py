@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from mmsa_alignmamba import cli, host, load_model
-from mmsa_alignmamba.alignment.lattice import forward_backward
+from mmsa_alignmamba.alignment.lattice import forward_backward, starts_or_full
 from mmsa_alignmamba.export import ONNX_INPUTS, example_inputs
 from mmsa_alignmamba.mamba import selective_scan, selective_scan_steps
 from mmsa_alignmamba.tracing import compiled
@@ -85,12 +85,13 @@ def test_export_paths_compute_the_eager_functions():
     emit = torch.randn(3, 40, 9, generator=g) * 30 - 200    # very negative log-likelihoods, as real ones are
     frames = torch.arange(40)[None] < torch.tensor([40, 17, 3])[:, None]
     words = torch.arange(9)[None] < torch.tensor([9, 4, 1])[:, None]
-    eager = forward_backward(emit, frames, words, 0.05)
+    full = starts_or_full(frames, None)                     # the band of the full lattice
+    eager = forward_backward(emit, frames, words, 0.05, False, full)
     # compiled for training and inference: the same operations, the same numbers
-    same = compiled(forward_backward)(emit, frames, words, 0.05, False)
+    same = compiled(forward_backward)(emit, frames, words, 0.05, False, full)
     assert torch.equal(same[0], eager[0]) and torch.equal(same[1], eager[1])
     # compiled with the operations ONNX has
-    onnx = compiled(forward_backward)(emit, frames, words, 0.05, True)
+    onnx = compiled(forward_backward)(emit, frames, words, 0.05, True, full)
     torch.testing.assert_close(onnx[0], eager[0], rtol=1e-5, atol=1e-4)
     finite = torch.isfinite(eager[1])
     assert torch.equal(finite, torch.isfinite(onnx[1]))

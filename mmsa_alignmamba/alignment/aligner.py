@@ -15,17 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .band import BandPosterior, band_starts, band_words
 from .common import ScoreBlock, position_gap
 from .lattice import monotone_alignment
 
 __all__ = ["FrameEmission", "WordAligner"]
 
 
-def _grid_emissions(emits: List[Tensor], masks: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """The sources on one clock: per sample a grid of G = max(n_m) steps, step g collecting the
-    log-likelihood of each source's frame at relative time (g + ½)/G, weighted n_m/G so that
-    every frame counts once. ``emits``: (B, T_m, T_l) per source; ``masks``: (B, T_m) per source.
-    -> (grid log-likelihoods (B, G, T_l), grid mask (B, G), G per sample (B,))."""
+def _grid_frames(masks: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], Tensor, Tensor]:
+    """The sources on one clock: per sample a grid of G = max(n_m) steps, step g reading each
+    source's frame at relative time (g + ½)/G, weighted n_m/G so that every frame counts once.
+    ``masks``: (B, T_m) per source. -> (per source the frame of each step (B, G) and the weight
+    (B,), the grid mask (B, G), G per sample (B,))."""
     counts = [mask.sum(1) for mask in masks]                                   # (B,) frames per source
     n_grid = torch.stack(counts).amax(0).clamp_min(1)                          # (B,)
     if torch.jit.is_tracing():
@@ -37,28 +38,34 @@ def _grid_emissions(emits: List[Tensor], masks: List[Tensor]) -> Tuple[Tensor, T
     device = masks[0].device
     grid_mask = torch.arange(steps, device=device)[None, :] < n_grid[:, None]
     g = torch.arange(steps, device=device, dtype=torch.float64)[None, :] + 0.5   # (1, G)
+    frames = [(g * count.clamp_min(1)[:, None] / n_grid[:, None]).floor().long().clamp(max=mask.shape[1] - 1)
+              for count, mask in zip(counts, masks)]
+    return frames, [count / n_grid for count in counts], grid_mask, n_grid     # weight 0 where absent
+
+
+def _grid_sum(picked: List[Tensor], weights: List[Tensor]) -> Tensor:
+    """The grid's log-likelihoods: Σ_sources weight · (the step's frame's), (B, G, W) per source -> (B, G, W)."""
     grid_emit = None
-    for e, count in zip(emits, counts):
-        n = count.clamp_min(1)
-        frame = (g * n[:, None] / n_grid[:, None]).floor().long().clamp(max=e.shape[1] - 1)  # (B, G)
-        weight = (count / n_grid).to(e.dtype)[:, None, None]                     # 0 where absent
-        picked = e.gather(1, frame[..., None].expand(-1, -1, e.shape[2]))
-        term = weight * picked.masked_fill(weight == 0, 0.0)
+    for term, weight in zip(picked, weights):
+        weight = weight.to(term.dtype)[:, None, None]
+        term = weight * term.masked_fill(weight == 0, 0.0)
         grid_emit = term if grid_emit is None else grid_emit + term
-    return grid_emit, grid_mask, n_grid
+    return grid_emit
 
 
-def _grid_posteriors(grid_post: Tensor, masks: List[Tensor], n_grid: Tensor) -> List[Tensor]:
-    """Each source frame's log posterior over the words is its grid step's: (B, T_m, T_l) per source."""
-    steps = grid_post.shape[1]
-    posts = []
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x[b, index[b, g]] : (B, T, D) and (B, G) -> (B, G, D)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+
+
+def _frame_steps(masks: List[Tensor], n_grid: Tensor, steps: int) -> List[Tensor]:
+    """Each source frame's grid step, whose posterior is the frame's: (B, T_m) per source."""
+    frame_steps = []
     for mask in masks:
         count = mask.sum(1).clamp_min(1)
         k = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float64)[None, :] + 0.5
-        step = (k * n_grid[:, None] / count[:, None]).floor().long().clamp(max=steps - 1)
-        posts.append(grid_post.gather(1, step[..., None].expand(-1, -1, grid_post.shape[2]))
-                     .masked_fill(~mask[..., None], float("-inf")))
-    return posts
+        frame_steps.append((k * n_grid[:, None] / count[:, None]).floor().long().clamp(max=steps - 1))
+    return frame_steps
 
 
 class FrameEmission(nn.Module):
@@ -106,7 +113,23 @@ class FrameEmission(nn.Module):
         quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, T_m, 1)
                 - 2 * (obs * inv_var) @ mean.transpose(1, 2)                   # (B, T_m, T_l)
                 + (mean.square() * inv_var).sum(-1)[:, None, :])               # (B, 1, T_l)
-        return -0.5 * quad - self.log_spread.sum() - 0.5 * obs.shape[-1] * math.log(2 * math.pi)
+        return self._normalised(quad)
+
+    def band_log_likelihood(self, obs: Tensor, words: Tensor, starts: Tensor, width: int) -> Tensor:
+        """log p(x_g | word starts[g] + k) for the band's words only: ``obs`` (B, G, d) one frame a
+        grid step, ``starts`` (B, G) -> (B, G, W), O(G·W·d) instead of the (B, G, T_l) product."""
+        mean = self.read(words)                                                # (B, T_l, d)
+        inv_var = torch.exp(-2 * self.log_spread)
+        slots = band_words(starts, width).flatten(1)                           # (B, G·W)
+        band_mean = _gather_rows(mean, slots).view(*starts.shape, width, -1)   # (B, G, W, d)
+        quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, G, 1)
+                - 2 * torch.einsum("bgd,bgwd->bgw", obs * inv_var, band_mean)  # (B, G, W)
+                + (mean.square() * inv_var).sum(-1).gather(1, slots).view(band_mean.shape[:3]))
+        return self._normalised(quad)
+
+    def _normalised(self, quad: Tensor) -> Tensor:
+        """−½ quad − log Π_d s_d − (d/2)·log 2π: the Gaussian's log density from its quadratic form."""
+        return -0.5 * quad - self.log_spread.sum() - 0.5 * self.width * math.log(2 * math.pi)
 
 
 class WordAligner(nn.Module):
@@ -139,7 +162,7 @@ class WordAligner(nn.Module):
     STRUCTURES = ("monotone", "mixture")
 
     def __init__(self, d_model: int, frame_dims: Mapping[str, int], structure: str = "monotone",
-                 position_prior: float = 0.05, skip: float = 0.05):
+                 position_prior: float = 0.05, skip: float = 0.05, band: int = 0):
         super().__init__()
         if structure not in self.STRUCTURES:
             raise ValueError(f"structure must be one of {self.STRUCTURES}, got {structure!r}")
@@ -147,7 +170,9 @@ class WordAligner(nn.Module):
             raise ValueError(f"position_prior must be > 0 (it is learned in log space), got {position_prior}")
         if not 0 < skip < 1:
             raise ValueError(f"skip must be in (0, 1), got {skip}")
-        self.structure, self.skip = structure, skip
+        if band < 0:
+            raise ValueError(f"band must be >= 0 (0: the full lattice), got {band}")
+        self.structure, self.skip, self.band = structure, skip, int(band)
         self.emissions = nn.ModuleDict({m: FrameEmission(d_model, d) for m, d in frame_dims.items()})
         if structure == "mixture":
             self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
@@ -157,15 +182,16 @@ class WordAligner(nn.Module):
         """``frames``: source -> (raw frames (B, T_m, d_m), mask (B, T_m)); ``words`` (B, T_l, d_model);
         ``present``: source -> (B,) bool, which samples have it (default all).
         -> (log_lik (B,): log p(the present sources' frames), {source: log posteriors (B, T_m, T_l),
-        −inf on padding and impossible pairs}). In training it updates the running statistics."""
-        emit, masks = {}, {}
+        −inf on padding and impossible pairs, or with a band (``monotone``, ``band`` > 0) a
+        :class:`.band.BandPosterior`}). In training it updates the running statistics."""
+        obs, masks = {}, {}
         for m, (x, mask) in frames.items():
             keep = mask if present is None else mask & present[m][:, None]
-            emit[m] = self.emissions[m].log_likelihood(self.emissions[m].observations(x, keep), words)
-            masks[m] = keep
+            obs[m], masks[m] = self.emissions[m].observations(x, keep), keep
         if self.structure == "mixture":
-            return self._mixture(emit, masks, word_mask)
-        return self._monotone(emit, masks, word_mask)
+            return self._mixture({m: self.emissions[m].log_likelihood(o, words) for m, o in obs.items()},
+                                 masks, word_mask)
+        return self._monotone(obs, masks, words, word_mask)
 
     def _mixture(self, emit, masks, word_mask):
         log_lik, posts = 0.0, {}
@@ -178,13 +204,23 @@ class WordAligner(nn.Module):
             log_lik = log_lik + per_frame.masked_fill(~masks[m], 0.0).sum(1)
         return log_lik, posts
 
-    def _monotone(self, emit, masks, word_mask):
-        names = list(emit)
+    def _monotone(self, obs, masks, words, word_mask):
+        names = list(obs)
         frame_masks = [masks[m] for m in names]
-        grid_emit, grid_mask, n_grid = _grid_emissions([emit[m] for m in names], frame_masks)
-        log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip)
-        posts = _grid_posteriors(grid_post, frame_masks, n_grid)
-        return log_lik, dict(zip(names, posts))
+        frames, weights, grid_mask, n_grid = _grid_frames(frame_masks)
+        starts = band_starts(grid_mask, word_mask, self.band)
+        if starts is None:   # the full lattice: every frame's likelihood under every word, then its step's
+            picked = [_gather_rows(self.emissions[m].log_likelihood(obs[m], words), frame)
+                      for m, frame in zip(names, frames)]
+        else:                # the band: each step's frame under the band's words only, (B, G, W)
+            picked = [self.emissions[m].band_log_likelihood(_gather_rows(obs[m], frame), words, starts, self.band)
+                      for m, frame in zip(names, frames)]
+        log_lik, grid_post = monotone_alignment(_grid_sum(picked, weights), grid_mask, word_mask, self.skip, starts)
+        posts = {}
+        for m, mask, step in zip(names, frame_masks, _frame_steps(frame_masks, n_grid, grid_post.shape[1])):
+            post = _gather_rows(grid_post, step).masked_fill(~mask[..., None], float("-inf"))
+            posts[m] = post if starts is None else BandPosterior(post, starts.gather(1, step), word_mask.shape[1])
+        return log_lik, posts
 
     def nll(self, log_lik: Tensor, frames: Mapping[str, Tuple[Tensor, Tensor]],
             present: Optional[Mapping[str, Tensor]] = None, samples: Optional[Tensor] = None) -> Tensor:
@@ -195,10 +231,12 @@ class WordAligner(nn.Module):
         return -(log_lik * samples).sum() / max(int(size), 1)
 
     @staticmethod
-    def scores(log_post: Tensor) -> ScoreBlock:
-        """The posteriors as blockwise scores for the relaxed and soft plans (:data:`.common.ScoreBlock`)."""
+    def scores(log_post: Tensor | BandPosterior) -> ScoreBlock:
+        """The posteriors as blockwise scores for the relaxed and soft plans (:data:`.common.ScoreBlock`);
+        a band's posteriors are made dense one block of rows at a time."""
         def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
+            dense = log_post.rows(start, rows) if isinstance(log_post, BandPosterior) else log_post[:, start:start + rows]
             # −inf only where impossible; a floor keeps a fully impossible row (padding) finite
-            return log_post[:, start:start + rows].clamp_min(-1e4) + blocked_out
+            return dense.clamp_min(-1e4) + blocked_out
         return block
 

@@ -9,7 +9,7 @@ Loop (:mod:`mmsa_alignmamba.tracing`). Its gradient is the posterior, computed h
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -17,11 +17,11 @@ from torch import Tensor
 from .. import monotone_kernel
 from ..tracing import compiled, traceable
 
-__all__ = ["monotone_alignment", "forward_backward"]
+__all__ = ["monotone_alignment", "forward_backward", "starts_or_full"]
 
 
 def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
-                       skip: float = 0.05) -> Tuple[Tensor, Tensor]:
+                       skip: float = 0.05, starts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Forward-backward over a left-to-right chain of words (ours): the alignment of speech, where
     words are spoken in order, each for a while.
 
@@ -38,10 +38,15 @@ def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     log p(frame i in word j | all frames), −inf where impossible and on padding. The gradient of
     ``log_lik`` with respect to ``log_emit`` is the posterior, computed here directly (the
     forward-backward identity) instead of by autograd through T_m steps.
+
+    The banded form (``starts`` (B, T_m) long, see :mod:`.band`): frame i considers only the words
+    ``starts[:, i] + k``, k < W, and ``log_emit`` and ``log_post`` are (B, T_m, W) over those
+    words (band slot k), every other word impossible. ``starts`` must not decrease along the
+    frames by more than two words a frame (a chain's move), and stays put on padded frames.
     """
     if torch.jit.is_tracing():   # the ONNX export: no autograd, the recursions as a scripted loop
-        return traceable(forward_backward)(log_emit, frame_mask, word_mask, float(skip), True)
-    return _MonotoneForwardBackward.apply(log_emit, frame_mask, word_mask, float(skip))
+        return traceable(forward_backward)(log_emit, frame_mask, word_mask, float(skip), True, starts_or_full(frame_mask, starts))
+    return _MonotoneForwardBackward.apply(log_emit, frame_mask, word_mask, float(skip), starts)
 
 
 class _MonotoneForwardBackward(torch.autograd.Function):
@@ -49,11 +54,12 @@ class _MonotoneForwardBackward(torch.autograd.Function):
     # step; the forward-backward recursions give the exact gradient (the posterior) in two passes.
 
     @staticmethod
-    def forward(ctx, log_emit, frame_mask, word_mask, skip):
+    def forward(ctx, log_emit, frame_mask, word_mask, skip, starts):
         with torch.no_grad():  # the C kernel on CPU, else TorchScript: no Python between the steps
-            result = monotone_kernel.forward_backward(log_emit.detach(), frame_mask, word_mask, skip)
+            result = monotone_kernel.forward_backward(log_emit.detach(), frame_mask, word_mask, skip, starts)
             if result is None:
-                result = compiled(forward_backward)(log_emit.detach(), frame_mask, word_mask, skip, False)
+                result = compiled(forward_backward)(log_emit.detach(), frame_mask, word_mask, skip, False,
+                                                    starts_or_full(frame_mask, starts))
             log_lik, log_post = result
         ctx.save_for_backward(log_post)
         ctx.mark_non_differentiable(log_post)
@@ -62,19 +68,21 @@ class _MonotoneForwardBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_log_lik, _grad_post):
         (log_post,) = ctx.saved_tensors
-        return log_post.exp() * grad_log_lik[:, None, None], None, None, None
+        return log_post.exp() * grad_log_lik[:, None, None], None, None, None, None
 
 
-def _shift_right(x: Tensor, k: int) -> Tensor:
-    """x[:, j − k] at j, −inf where j < k: (B, T_l) -> (B, T_l)."""
-    pad = x.new_full((x.shape[0], k), float("-inf"))
-    return torch.cat([pad, x], 1)[:, :x.shape[1]]
+def starts_or_full(frame_mask: Tensor, starts: Optional[Tensor]) -> Tensor:
+    """The band's first words, (B, T_m); the full lattice is the band that starts at word 0."""
+    return torch.zeros(frame_mask.shape, dtype=torch.long, device=frame_mask.device) if starts is None else starts
 
 
-def _shift_left(x: Tensor, k: int) -> Tensor:
-    """x[:, j + k] at j, −inf where j + k >= T_l: (B, T_l) -> (B, T_l)."""
-    pad = x.new_full((x.shape[0], k), float("-inf"))
-    return torch.cat([x, pad], 1)[:, k:]
+def _take(x: Tensor, offset: int, by: Tensor) -> Tensor:
+    """x[:, k + offset + by] at slot k, −inf outside the row: (B, W) -> (B, W). ``by`` (B,): how
+    far the band moved between the two rows (0 in the full lattice); offset + by lies in
+    [−2, 2], a chain's step."""
+    pad = x.new_full((x.shape[0], 2), float("-inf"))
+    slot = torch.arange(x.shape[1], device=x.device)[None, :] + (by[:, None] + offset + 2)   # into the padded row
+    return torch.cat([pad, x, pad], 1).gather(1, slot)
 
 
 def _log_add(a: Tensor, b: Tensor, onnx_ops: bool) -> Tensor:
@@ -98,35 +106,41 @@ def _log_sum(x: Tensor, dim: int, onnx_ops: bool) -> Tensor:
 
 
 def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, skip: float,
-                      onnx_ops: bool = False) -> Tuple[Tensor, Tensor]:
+                      onnx_ops: bool, starts: Tensor) -> Tuple[Tensor, Tensor]:
     # Written in the subset of Python TorchScript compiles: it runs compiled (a loop of small steps
     # gains ~2x without Python between them), and the ONNX export runs the same recursions as a
     # Loop over the frames (see tracing.py); ``onnx_ops`` swaps in the two operations ONNX lacks.
+    # ``starts`` (B, T_m): each frame's band (monotone_alignment); zeros with W = T_l: the full
+    # lattice (no None: an ONNX graph has no None-typed values).
     dtype = torch.float64 if log_emit.dtype == torch.float64 else torch.float32
-    batch, t_m, t_l = log_emit.shape[0], log_emit.shape[1], log_emit.shape[2]
+    batch, t_m, width = log_emit.shape[0], log_emit.shape[1], log_emit.shape[2]
     neg = float("-inf")
-    emit = log_emit.to(dtype).masked_fill(~word_mask[:, None, :], neg)            # (B, T_m, T_l)
     n_m = frame_mask.sum(1).clamp_min(1)                                           # (B,)
     n_l = word_mask.sum(1).clamp_min(1)
+    last = torch.arange(batch, device=log_emit.device)
+    slot = torch.arange(width, device=log_emit.device)[None, :]                     # (1, W)
+    word = starts[:, :, None] + slot[None]                                         # (B, T_m, W): word of each slot
+    valid = word_mask.gather(1, word.flatten(1)).view(word.shape)
+    first, final_word = word[:, 0], word[last, n_m - 1]                            # (B, W)
+    emit = log_emit.to(dtype).masked_fill(~valid, neg)                             # (B, T_m, W)
     advance = ((n_l - 1).to(dtype) / (n_m - 1).clamp_min(1).to(dtype) / (1 + skip)).clamp(1e-4, 0.95)[:, None]
     log_stay, log_move, log_skip = torch.log1p(-advance), torch.log(advance * (1 - skip)), torch.log(advance * skip)
 
-    first = torch.arange(t_l, device=emit.device)[None, :]                         # (1, T_l)
-    impossible = torch.full((1, t_l), neg, dtype=dtype, device=emit.device)
+    impossible = torch.full((1, width), neg, dtype=dtype, device=emit.device)
     start = torch.where(first == 0, math.log(1 - skip), torch.where(first == 1, math.log(skip), impossible))
-    start = start.expand(batch, t_l)
+    start = start.expand(batch, width)
     prev = start + emit[:, 0]
     alphas = [prev]
     for t in range(1, t_m):
-        step = _log_add(_log_add(prev + log_stay, _shift_right(prev, 1) + log_move, onnx_ops),
-                        _shift_right(prev, 2) + log_skip, onnx_ops) + emit[:, t]
+        by = starts[:, t] - starts[:, t - 1]
+        step = _log_add(_log_add(_take(prev, 0, by) + log_stay, _take(prev, -1, by) + log_move, onnx_ops),
+                        _take(prev, -2, by) + log_skip, onnx_ops) + emit[:, t]
         prev = torch.where(frame_mask[:, t, None], step, prev)                    # padding: carry
         alphas.append(prev)
-    alpha = torch.stack(alphas, 1)                                                 # (B, T_m, T_l)
-    last = torch.arange(batch, device=emit.device)
-    final = alpha[last, n_m - 1]                                                   # (B, T_l)
+    alpha = torch.stack(alphas, 1)                                                 # (B, T_m, W)
+    final = alpha[last, n_m - 1]                                                   # (B, W)
     reachable = (n_l - 1) <= 2 * (n_m - 1) + 1                                     # skips move two words
-    end = (reachable[:, None] & (first == (n_l - 1)[:, None])) | (~reachable[:, None] & word_mask)  # no bool Where in ONNX Runtime
+    end = (reachable[:, None] & (final_word == (n_l - 1)[:, None])) | (~reachable[:, None] & valid[last, n_m - 1])  # no bool Where in ONNX Runtime
     end_log = torch.zeros_like(final).masked_fill(~end, neg)
     log_lik = _log_sum(final + end_log, 1, onnx_ops)                               # (B,)
 
@@ -135,13 +149,13 @@ def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, sk
     nxt = torch.where((n_m - 1 == t_m - 1)[:, None], end_log, torch.full_like(end_log, neg))
     betas = [nxt]
     for t in range(t_m - 2, -1, -1):
-        ahead = nxt + emit[:, t + 1]                                               # (B, T_l)
-        step = _log_add(_log_add(ahead + log_stay, _shift_left(ahead, 1) + log_move, onnx_ops),
-                        _shift_left(ahead, 2) + log_skip, onnx_ops)
+        ahead = nxt + emit[:, t + 1]                                               # (B, W)
+        back = starts[:, t] - starts[:, t + 1]
+        step = _log_add(_log_add(_take(ahead, 0, back) + log_stay, _take(ahead, 1, back) + log_move, onnx_ops),
+                        _take(ahead, 2, back) + log_skip, onnx_ops)
         nxt = torch.where((frame[t] < n_m - 1)[:, None], step,
                           torch.where((frame[t] == n_m - 1)[:, None], end_log, nxt))
         betas.append(nxt)
     beta = torch.stack(betas, 1).flip(1)                                           # built last frame first
     log_post = (alpha + beta - log_lik[:, None, None]).masked_fill(~frame_mask[:, :, None], neg)
     return log_lik.to(log_emit.dtype), log_post.to(log_emit.dtype)
-
