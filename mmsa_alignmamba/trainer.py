@@ -57,13 +57,58 @@ def batch_inputs(batch, device) -> tuple[tuple, dict]:
     return tensors, extras
 
 
+def step_loss(model, batch, device, criterion, lengths: bool = True, **options):
+    """One forward pass on an MMSA batch -> (outputs, labels (B, 1), task loss, L_align, L_plan);
+    the last two are 0 for models without them. ``lengths``: whether the model takes the
+    length extras (MMSA's own models do not)."""
+    inputs, extras = batch_inputs(batch, device)
+    labels = batch["labels"]["M"].to(device).view(-1, 1)
+    outputs = model(*inputs, **(extras if lengths else {}), **options)
+    task_loss = criterion(outputs["M"], labels)
+    zero = task_loss.new_zeros(())
+    return outputs, labels, task_loss, outputs.get("align_loss", zero), outputs.get("plan_loss", zero)
+
+
+class TrainStep:
+    """One optimisation step as AlignMamba trains: L = L1 + λ·L_align + μ·L_plan (λ =
+    ``align_weight``, μ = ``plan_weight``), backward, gradient-norm clipping at ``grad_clip``
+    (0: none), AdamW (``learning_rate``, ``weight_decay``). The trainer and ``mmsa bench --train``
+    both run this object, so the benchmark times the step the model is trained with; the
+    learning-rate schedule and weight averaging are per-epoch matters of the trainer."""
+
+    def __init__(self, model, args, lengths: bool = True):
+        self.model, self.lengths = model, lengths
+        self.criterion = nn.L1Loss()
+        self.align_weight = float(args.get("align_weight", 0.1))
+        self.plan_weight = float(args.get("plan_weight", 1.0))
+        self.grad_clip = float(args.get("grad_clip", 1.0))
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                           lr=float(args.get("learning_rate", 1e-3)),
+                                           weight_decay=float(args.get("weight_decay", 1e-2)))
+
+    def __call__(self, batch, device, where: str = ""):
+        """-> (outputs, labels, the losses (total, task, align, plan) as a tensor (4,), detached).
+        A non-finite loss raises FloatingPointError naming ``where`` (e.g. 'epoch 2, batch 5')."""
+        outputs, labels, task_loss, align_loss, plan_loss = step_loss(self.model, batch, device, self.criterion,
+                                                                      self.lengths)
+        loss = task_loss + self.align_weight * align_loss + self.plan_weight * plan_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss at {where}: task={task_loss.item()}, align={align_loss.item()}, "
+                f"plan={plan_loss.item()} (check the input features for NaN/inf, or lower the learning rate)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return outputs, labels, torch.stack([loss, task_loss, align_loss, plan_loss]).detach()
+
+
 class AlignMambaTrainer:
     def __init__(self, args):
         self.args = args
         self.criterion = nn.L1Loss()
         self.metrics = host.metrics_for(args["dataset_name"])
-        self.align_weight = float(args.get("align_weight", 0.1))
-        self.plan_weight = float(args.get("plan_weight", 1.0))
         self.max_epochs = int(args.get("max_epochs", 30))
         self.early_stop = int(args.get("early_stop", 6))
         self.ema_decay = float(args.get("ema_decay", 0.0))
@@ -74,20 +119,10 @@ class AlignMambaTrainer:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         self.key_eval = args.get("KeyEval", "Loss")
 
-    def _step_loss(self, model, batch, device, **options):
-        inputs, extras = batch_inputs(batch, device)
-        labels = batch["labels"]["M"].to(device).view(-1, 1)
-        outputs = model(*inputs, **extras, **options)
-        task_loss = self.criterion(outputs["M"], labels)
-        zero = task_loss.new_zeros(())
-        return outputs, labels, task_loss, outputs.get("align_loss", zero), outputs.get("plan_loss", zero)
-
     def do_train(self, model, dataloader, return_epoch_results=False):
         args, device = self.args, self.args["device"]
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                      lr=float(args.get("learning_rate", 1e-3)),
-                                      weight_decay=float(args.get("weight_decay", 1e-2)))
-        grad_clip = float(args.get("grad_clip", 1.0))
+        train_step = TrainStep(model, args)
+        optimizer = train_step.optimizer
         steps = self.max_epochs * max(len(dataloader["train"]), 1)
         # cosine: from the set rate down to 0 over the epoch budget (early stopping may end it sooner)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -107,22 +142,11 @@ class AlignMambaTrainer:
             bar = tqdm(dataloader["train"], desc=f"{args['model_name']} epoch {epoch}", leave=False,
                        disable=not logger.isEnabledFor(logging.INFO))
             for step, batch in enumerate(bar):
-                outputs, labels, task_loss, align_loss, plan_loss = self._step_loss(model, batch, device)
-                loss = task_loss + self.align_weight * align_loss + self.plan_weight * plan_loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss at epoch {epoch}, batch {step}: task={task_loss.item()}, "
-                        f"align={align_loss.item()}, plan={plan_loss.item()} (check the input features for "
-                        "NaN/inf, or lower the learning rate)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                outputs, labels, losses = train_step(batch, device, where=f"epoch {epoch}, batch {step}")
                 scheduler.step()
                 if averaged is not None:
                     averaged.update_parameters(model)
-                totals += (loss.item(), task_loss.item(), align_loss.item(), plan_loss.item())
+                totals += losses.cpu().numpy()
                 preds.append(outputs["M"].detach().cpu())
                 trues.append(labels.cpu())
                 bar.set_postfix(loss=f"{totals[0] / (step + 1):.4f}")
@@ -163,7 +187,7 @@ class AlignMambaTrainer:
         hits: dict[str, torch.Tensor] = {}
         for batch in dataloader:
             measure = bool(truth) and shows_plans and "modality_mask" not in batch
-            outputs, labels, task_loss, _, _ = self._step_loss(model, batch, device, **(
+            outputs, labels, task_loss, _, _ = step_loss(model, batch, device, self.criterion, **(
                 {"with_plans": True} if measure else {}))
             loss_sum += task_loss.item()
             preds.append(outputs["M"].cpu())

@@ -213,9 +213,19 @@ def test_alternate_needs_shapes_and_two_models(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_the_training_benchmark_runs_both_models_on_synthetic_data(tmp_path):
+def test_the_training_benchmark_runs_both_models_on_synthetic_data(tmp_path, monkeypatch):
     """`mmsa bench --train`: one capped epoch of AlignMamba and MulT through MMSA's loader on
-    generated data, reported as synthetic (it once failed at its first import)."""
+    generated data, reported as synthetic (it once failed at its first import), every step the
+    trainer's own TrainStep (AdamW, clipping, L_plan) and not a loop of its own."""
+    from mmsa_alignmamba import trainer
+    steps = []
+    real = trainer.TrainStep.__call__
+
+    def counted(self, batch, device, where=""):
+        steps.append((type(self.optimizer).__name__, self.grad_clip > 0, self.plan_weight, where.split("'")[0]))
+        return real(self, batch, device, where)
+
+    monkeypatch.setattr(trainer.TrainStep, "__call__", counted)
     out = tmp_path / "train"
     code = mmsa_main(["bench", "--train", "--quick", "--train-batch", "2", "--train-max-batches", "1",
                       "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
@@ -226,6 +236,10 @@ def test_the_training_benchmark_runs_both_models_on_synthetic_data(tmp_path):
     for result in train["models"].values():
         assert result["batches"] == 1 and result["epoch_s"] > 0
     assert "SYNTHETIC" in (out / "bench.md").read_text()
+    # 2 warm-up steps and 1 timed step per model, each the trainer's AdamW step with clipping and μ·L_plan
+    assert [s[3] for s in steps] == ["alignmamba"] * 3 + ["mult"] * 3
+    assert all(s[0] == "AdamW" and s[1] for s in steps)
+    assert steps[0][2] == float(trainer.host.load_config("alignmamba", "mosi").get("plan_weight", 1.0)) > 0
 
 
 @pytest.mark.parametrize("flag", ["--batch", "--repeats", "--threads", "--train-batch", "--train-max-batches",

@@ -50,6 +50,19 @@ def test_early_stop_ends_training_before_max_epochs(tiny_mosi, tmp_path):
     assert len(history["train"]) == 2
 
 
+def test_the_trainer_steps_through_train_step(tiny_mosi, tmp_path, monkeypatch):
+    """The trainer's every step is TrainStep, the one `mmsa bench --train` times."""
+    from mmsa_alignmamba import trainer as trainer_module
+    calls = []
+    real = trainer_module.TrainStep.__call__
+    monkeypatch.setattr(trainer_module.TrainStep, "__call__", lambda self, *a, **k: calls.append(k["where"]) or real(self, *a, **k))
+    args = alignmamba_args(tiny_mosi, tmp_path, max_epochs=1)
+    host.setup_seed(1)
+    loaders = host.build_dataloaders(args, 0)
+    host.build_trainer(args).do_train(host.build_model(args), loaders)
+    assert calls == [f"epoch 1, batch {b}" for b in range(len(loaders["train"]))]
+
+
 def test_non_finite_loss_stops_training_with_a_clear_error(tiny_mosi, tmp_path):
     args = alignmamba_args(tiny_mosi, tmp_path)
     host.setup_seed(1)

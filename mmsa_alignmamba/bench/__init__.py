@@ -28,8 +28,9 @@ then "skipped"); a crash of the point gets "error" and makes the command exit wi
 ``--time-limit`` caps each point's measuring phase.
 
 ``--train``: one training epoch on MOSI-sized SYNTHETIC unaligned data (not real data), through
-MMSA's data loader, for AlignMamba and MulT with the same loop (Adam, L1 loss, + λ·L_align for
-AlignMamba as its trainer does, no clipping) and the same batch size: seconds, samples/s, ratio.
+MMSA's data loader, for AlignMamba and MulT with the same loop, each step AlignMamba's trainer's
+own (``trainer.TrainStep``: AdamW, gradient clipping, L1 + λ·L_align + μ·L_plan) and the same
+batch size: seconds, samples/s, ratio.
 ``--kernels``: the selective-scan kernel comparison of :mod:`mmsa_alignmamba.bench.kernels`.
 With ``--train`` and/or ``--kernels`` only those sections run, unless ``--inference`` is given too.
 

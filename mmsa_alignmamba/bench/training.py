@@ -1,5 +1,6 @@
 """`mmsa bench --train`: one training epoch of AlignMamba and MulT with the same loop, on
-MOSI-sized SYNTHETIC data through MMSA's loader."""
+MOSI-sized SYNTHETIC data through MMSA's loader. Each step is AlignMamba's trainer's own
+(:class:`mmsa_alignmamba.trainer.TrainStep`: AdamW, gradient clipping, L1 + λ·L_align + μ·L_plan)."""
 from __future__ import annotations
 
 import time
@@ -12,11 +13,10 @@ from .render import _load_note
 def bench_train(opts, log) -> dict:
     """One epoch over MOSI-sized SYNTHETIC unaligned data for AlignMamba and MulT, same loop."""
     import torch
-    import torch.nn as nn
 
     from .. import host
     from ..synthetic import ensure_synthetic
-    from ..trainer import batch_inputs
+    from ..trainer import TrainStep
     size = "small" if opts.quick else "full"
     path = ensure_synthetic(opts.cache_dir, "mosi", size=size, seed=0)
     batch_size = opts.train_batch
@@ -25,31 +25,18 @@ def bench_train(opts, log) -> dict:
     where = Path(path).relative_to(opts.cache_dir) if Path(path).is_relative_to(opts.cache_dir) else Path(path).name
     results = {"data": f"SYNTHETIC MOSI-format unaligned ({size}; not real data): {where} in the cache folder",
                "batch_size": batch_size,
-               "max_batches": opts.train_max_batches, "optimizer": "Adam", "models": {}}
+               "max_batches": opts.train_max_batches, "step": "the trainer's (AdamW, gradient clipping, L1 + align_weight·L_align + plan_weight·L_plan)",
+               "models": {}}
     for model_name in ("alignmamba", "mult"):
         torch.manual_seed(0)
         args = bench_args(model_name, opts.device)
         args.update(host.mmsa_run_args(str(path), opts.device), batch_size=batch_size)
         loaders = host.build_dataloaders(args, 0)
         model = build_bench_model(model_name, args).train()
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                     lr=float(args.get("learning_rate", 1e-3)))
-        criterion = nn.L1Loss()
-        align_weight = float(args.get("align_weight", 0.0)) if model_name == "alignmamba" else 0.0
+        train_step = TrainStep(model, args, lengths=BASELINES[model_name].takes_lengths)
 
         def step(batch):
-            inputs, extras = batch_inputs(batch, opts.device)
-            if not BASELINES[model_name].takes_lengths:
-                extras = {}
-            labels = batch["labels"]["M"].to(opts.device).view(-1, 1)
-            out = model(*inputs, **extras)
-            loss = criterion(out["M"], labels)
-            if align_weight:
-                loss = loss + align_weight * out["align_loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return labels.shape[0]
+            return train_step(batch, opts.device, where=f"{model_name}'s bench step")[1].shape[0]
 
         def sync():
             if str(opts.device).startswith("cuda"):
@@ -81,7 +68,7 @@ def bench_train(opts, log) -> dict:
             "seq_lens_text_audio_vision": list(seq) if seq else None}
         log(f"  train {BASELINES[model_name].label:12s}: {epoch_s:8.2f} s wall, {epoch_cpu_s:8.2f} s CPU for {n_samples} "
             f"of {full} samples ({n_samples / epoch_s:.2f} samples/s, {n_batches} batches of {batch_size})")
-        del model, optimizer, loaders
+        del model, train_step, loaders
     a, b = results["models"]["alignmamba"], results["models"]["mult"]
     results["epoch_ratio_alignmamba_vs_mult"] = a["epoch_s"] / b["epoch_s"]
     results["epoch_cpu_ratio_alignmamba_vs_mult"] = a["epoch_cpu_s"] / b["epoch_cpu_s"]
@@ -94,7 +81,8 @@ def train_markdown(report) -> str:
     lines = [f"# mmsa bench --train: one training epoch on {m['device_label']}", "",
              f"**Device: {m['device_label']}** — torch {m['torch']}, "
              f"Mamba backend: {m['mamba_backend']}. {m['timestamp']}.", "", _load_note(m),
-             f"Data: {t['data']}. Same loop for both models: Adam, L1 loss (+ align_weight·L_align for AlignMamba), "
+             f"Data: {t['data']}. Same loop for both models, each step AlignMamba's trainer's own: AdamW, gradient-norm "
+             f"clipping, L1 loss (+ align_weight·L_align + plan_weight·L_plan where the model has them), "
              f"batch size {t['batch_size']}, forward + backward + optimizer step over the train split"
              + (f" (capped at {t['max_batches']} batches)" if t["max_batches"] else "") +
              "; 2 warm-up steps not counted; epoch time includes MMSA's data loader.", "",
