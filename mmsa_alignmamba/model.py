@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import components
 from .alignment import OTAlignment, WordAligner, bandwidth_spec
-from .alignment.ot import TimeProportional
+from .alignment.ot import RelaxedOT, TimeProportional
 from .datasets import MODALITIES, MOSI_FEATURE_DIMS
 from .mamba import Mamba
 from .registry import Registry
@@ -272,14 +272,16 @@ class AlignMamba(nn.Module):
         return kept | (present & ~candidates)
 
     # ---- alignment ----------------------------------------------------------------------
-    def _word_posteriors(self, raw, enc, present=None):
+    def _word_posteriors(self, raw, enc, present=None, plans_shown=False):
         """The learned cost's aligner on this batch: (log p(frames) (B,), source modality -> log
         posteriors (B, T_m, T_l)), or None for the paper's cosine cost. Once per forward: in
-        training it updates the running feature statistics of the frames."""
+        training it updates the running feature statistics of the frames. Where only the relaxed-OT
+        plan reads them (no gradient, no diagnostic plans), each frame's best word instead."""
         if self.aligner is None:
             return None
         anchor, anchor_mask, _ = enc["text"]
-        return self.aligner({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present)
+        best_only = not plans_shown and not torch.is_grad_enabled() and isinstance(self.local_alignment, RelaxedOT)
+        return self.aligner({m: raw[m] for m in self.aligner.emissions}, anchor, anchor_mask, present, best_only)
 
     @staticmethod
     def _plan(align, source, source_mask, anchor, anchor_mask, log_post=None) -> OTAlignment:
@@ -328,7 +330,7 @@ class AlignMamba(nn.Module):
             return {}
         raw = self._raw_inputs(text, audio, vision, audio_lengths, vision_lengths, text_lengths)
         enc = self._encode(raw, None)
-        fitted = self._word_posteriors(raw, enc)
+        fitted = self._word_posteriors(raw, enc, plans_shown=True)
         return self._every_plan(enc, fitted[1] if fitted is not None else {})
 
     # ---- fusion -------------------------------------------------------------------------
@@ -343,7 +345,7 @@ class AlignMamba(nn.Module):
         mask = torch.cat([enc[m][1] for m in self.cfg.modalities], dim=1)
         return masked_mean(self.fusion[0](seq), mask)
 
-    def _fuse_interleave(self, enc, raw):
+    def _fuse_interleave(self, enc, raw, plans_shown=False):
         """The paper's fusion: align audio/vision onto language, interleave, Mamba, pool.
         -> fused (B, d), L_align (scalar), L_plan (scalar), the learned cost's posteriors per source."""
         cfg = self.cfg
@@ -355,7 +357,7 @@ class AlignMamba(nn.Module):
             anchor_present = torch.zeros_like(anchor_present)
         sources = [m for m in cfg.modalities if m != anchor_name]
         present = {m: enc[m][2] & anchor_present for m in sources}    # has both the source and language
-        fitted = self._word_posteriors(raw, enc, present) if anchor_name == "text" else None
+        fitted = self._word_posteriors(raw, enc, present, plans_shown) if anchor_name == "text" else None
         posts = fitted[1] if fitted is not None else {}
         aligned = {m: self._align(m, enc[m][0], enc[m][1], anchor, anchor_mask, anchor_present, posts.get(m))
                    for m in sources}
@@ -395,7 +397,7 @@ class AlignMamba(nn.Module):
         elif cfg.fusion == "single_stream":
             fused = self._fuse_single_stream(enc)
         else:
-            fused, align_loss, plan_loss, posts = self._fuse_interleave(enc, raw)
+            fused, align_loss, plan_loss, posts = self._fuse_interleave(enc, raw, with_plans)
         features["Feature_f"] = fused
         out = {"M": self.head(fused), "align_loss": align_loss, "plan_loss": plan_loss, **features}  # M: (B, 1)
         if with_plans:

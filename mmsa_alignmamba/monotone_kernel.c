@@ -49,108 +49,219 @@ static inline int slot_valid(const unsigned char *word_mask, long T_l, long lo, 
     return lo + k < T_l && word_mask[lo + k];
 }
 
-/* One sample. W slots per frame: the full lattice (starts NULL, W = T_l, slot k = word k) or the
- * banded one (slot k of frame t = word starts[t] + k; starts moves by 0..2 a frame). row: 2 + W + 2
- * floats (NEG borders for the shifted reads), the same again for the backward's ahead row, then W
- * for the log-probability of ending in each slot. */
-static void one_sample(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
-                       const long *starts, long T_m, long T_l, long W, float skip, float *log_lik, float *post,
-                       float *row) {
-    long n_m = 0, n_l = 0;
+/* One sample's chain: its valid lengths, the log-probabilities of its three moves, where it may
+ * end. W slots per frame: the full lattice (starts NULL, W = T_l, slot k = word k) or the banded
+ * one (slot k of frame t = word starts[t] + k; starts moves by 0..2 a frame). */
+typedef struct {
+    const unsigned char *word_mask;
+    const long *starts;
+    long T_l, W, n_m, n_l;
+    float stay, move, jump;
+    int reachable;
+} chain_t;
+
+static chain_t chain_of(const unsigned char *frame_mask, const unsigned char *word_mask, const long *starts,
+                        long T_m, long T_l, long W, float skip) {
+    chain_t c = {word_mask, starts, T_l, W, 0, 0, 0.f, 0.f, 0.f, 0};
     for (long t = 0; t < T_m; ++t)
-        n_m += frame_mask[t] != 0;
+        c.n_m += frame_mask[t] != 0;
     for (long j = 0; j < T_l; ++j)
-        n_l += word_mask[j] != 0;
-    n_m = n_m > 1 ? n_m : 1;
-    n_l = n_l > 1 ? n_l : 1;
+        c.n_l += word_mask[j] != 0;
+    c.n_m = c.n_m > 1 ? c.n_m : 1;
+    c.n_l = c.n_l > 1 ? c.n_l : 1;
     /* the chance to move on: the expected moves over the frames cover the words */
-    float advance = (float)(n_l - 1) / (float)(n_m - 1 > 1 ? n_m - 1 : 1) / (1.f + skip);
+    float advance = (float)(c.n_l - 1) / (float)(c.n_m - 1 > 1 ? c.n_m - 1 : 1) / (1.f + skip);
     advance = advance < 1e-4f ? 1e-4f : (advance > 0.95f ? 0.95f : advance);
-    const float stay = log1pf(-advance), move = logf(advance * (1.f - skip)), jump = logf(advance * skip);
-    float *mid = row + 2; /* mid[-2], mid[-1], mid[W], mid[W + 1] stay NEG */
-    float *ahead = row + W + 6; /* the same borders */
-    row[0] = row[1] = mid[W] = mid[W + 1] = NEG;
-    ahead[-2] = ahead[-1] = ahead[W] = ahead[W + 1] = NEG;
-#define START(t) (starts ? starts[t] : 0)
+    c.stay = log1pf(-advance), c.move = logf(advance * (1.f - skip)), c.jump = logf(advance * skip);
+    c.reachable = c.n_l - 1 <= 2 * (c.n_m - 1) + 1;
+    return c;
+}
+
+static inline long band_start(const chain_t *c, long t) { return c->starts ? c->starts[t] : 0; }
+
+/* alpha[0]: the chain starts in the first word or (skip) the second. */
+static void first_row(const chain_t *c, float skip, const float *e, float *alpha) {
+    const long lo = band_start(c, 0);
+    for (long k = 0; k < c->W; ++k) {
+        long j = lo + k;
+        float start = j == 0 ? logf(1.f - skip) : (j == 1 ? logf(skip) : NEG);
+        alpha[k] = slot_valid(c->word_mask, c->T_l, lo, k) ? start + e[k] : NEG;
+    }
+}
+
+/* alpha[t] from alpha[t-1] (prev) and e[t]; mid: a W-slot work row with two NEG borders a side. */
+static void forward_row(const chain_t *c, long t, const float *prev, const float *e, float *mid, float *alpha) {
+    /* locals, not c->...: the stores to alpha could alias them, which would keep the loop scalar */
+    const long W = c->W, T_l = c->T_l, lo = band_start(c, t), d = lo - band_start(c, t - 1); /* slot k here is k + d there */
+    const float stay = c->stay, move = c->move, jump = c->jump;
+    const unsigned char *word_mask = c->word_mask;
+    for (long k = 0; k < W; ++k)
+        mid[k] = prev[k];
+#pragma omp simd
+    for (long k = 0; k < W; ++k)
+        alpha[k] = slot_valid(word_mask, T_l, lo, k) ? lse3(mid[k + d] + stay, mid[k + d - 1] + move, mid[k + d - 2] + jump) + e[k] : NEG;
+}
+
+/* beta[t] (in beta) from beta[t+1] (also in beta) and e[t+1]; ahead: a work row like mid. */
+static void backward_row(const chain_t *c, long t, const float *e_next, float *ahead, float *beta) {
+    const long W = c->W, T_l = c->T_l, lo_next = band_start(c, t + 1), d = lo_next - band_start(c, t); /* slot k here is k - d there */
+    const float stay = c->stay, move = c->move, jump = c->jump;
+    const unsigned char *word_mask = c->word_mask;
+    for (long k = 0; k < W; ++k) /* ahead[k] = beta[t+1][k] + e[t+1][k] */
+        ahead[k] = slot_valid(word_mask, T_l, lo_next, k) ? beta[k] + e_next[k] : NEG;
+#pragma omp simd
+    for (long k = 0; k < W; ++k)
+        beta[k] = lse3(ahead[k - d] + stay, ahead[k - d + 1] + move, ahead[k - d + 2] + jump);
+}
+
+/* The end: the last word, or anywhere where the last word cannot be reached; returns log_lik. */
+static float end_row(const chain_t *c, const float *final, float *end) {
+    const long lo_end = band_start(c, c->n_m - 1);
+    float total = NEG;
+    for (long k = 0; k < c->W; ++k) {
+        end[k] = (c->reachable ? lo_end + k == c->n_l - 1 : slot_valid(c->word_mask, c->T_l, lo_end, k)) ? 0.f : NEG;
+        total = lse2(total, final[k] + end[k]);
+    }
+    return total;
+}
+
+/* A work row of W slots with two NEG borders each side, at row + offset. */
+static float *bordered(float *row, long offset, long W) {
+    float *mid = row + offset + 2;
+    mid[-2] = mid[-1] = mid[W] = mid[W + 1] = NEG;
+    return mid;
+}
+
+/* One sample's log_lik and posteriors. row: 3 W + 8 floats of workspace. */
+static void one_sample(const float *emit, const unsigned char *frame_mask, const chain_t *c, long T_m, float skip,
+                       float *log_lik, float *post, float *row) {
+    const long W = c->W, n_m = c->n_m;
+    float *mid = bordered(row, 0, W), *ahead = bordered(row, W + 4, W), *end = row + 2 * W + 8;
 
     /* forward: alpha[t] into post[t] */
-    for (long k = 0; k < W; ++k) {
-        long j = START(0) + k;
-        float start = j == 0 ? logf(1.f - skip) : (j == 1 ? logf(skip) : NEG);
-        post[k] = slot_valid(word_mask, T_l, START(0), k) ? start + emit[k] : NEG;
-    }
+    first_row(c, skip, emit, post);
     for (long t = 1; t < T_m; ++t) {
-        const float *prev = post + (t - 1) * W, *e = emit + t * W;
-        float *alpha = post + t * W;
         if (!frame_mask[t]) { /* padding carries the previous frame's */
-            for (long k = 0; k < W; ++k)
-                alpha[k] = prev[k];
+            memcpy(post + t * W, post + (t - 1) * W, sizeof(float) * W);
             continue;
         }
-        const long lo = START(t), d = lo - START(t - 1); /* slot k here is slot k + d of the previous frame */
-        for (long k = 0; k < W; ++k)
-            mid[k] = prev[k];
-#pragma omp simd
-        for (long k = 0; k < W; ++k)
-            alpha[k] = slot_valid(word_mask, T_l, lo, k)
-                       ? lse3(mid[k + d] + stay, mid[k + d - 1] + move, mid[k + d - 2] + jump) + e[k] : NEG;
+        forward_row(c, t, post + (t - 1) * W, emit + t * W, mid, post + t * W);
     }
-
-    /* the end: the last word, or anywhere where the last word cannot be reached */
-    const int reachable = n_l - 1 <= 2 * (n_m - 1) + 1;
-    const long lo_end = START(n_m - 1);
-    float *end = row + 2 * W + 8;
-    for (long k = 0; k < W; ++k)
-        end[k] = (reachable ? lo_end + k == n_l - 1 : slot_valid(word_mask, T_l, lo_end, k)) ? 0.f : NEG;
-    const float *final = post + (n_m - 1) * W;
-    float total = NEG;
-    for (long k = 0; k < W; ++k)
-        total = lse2(total, final[k] + end[k]);
+    const float total = end_row(c, post + (n_m - 1) * W, end);
     *log_lik = total;
 
     /* backward: beta[t] in mid, combined with alpha[t] into post[t] on the way */
     for (long k = 0; k < W; ++k) /* beta at the last padded frame */
         mid[k] = n_m - 1 == T_m - 1 ? end[k] : NEG;
     for (long t = T_m - 1; t >= 0; --t) {
-        if (t < T_m - 1) {
-            if (t < n_m - 1) {
-                const float *e = emit + (t + 1) * W;
-                const long lo_next = START(t + 1), d = lo_next - START(t); /* slot k here is k - d there */
-                for (long k = 0; k < W; ++k) /* ahead[k] = beta[t+1][k] + e[t+1][k] */
-                    ahead[k] = slot_valid(word_mask, T_l, lo_next, k) ? mid[k] + e[k] : NEG;
-#pragma omp simd
-                for (long k = 0; k < W; ++k)
-                    mid[k] = lse3(ahead[k - d] + stay, ahead[k - d + 1] + move, ahead[k - d + 2] + jump);
-            } else if (t == n_m - 1) {
-                memcpy(mid, end, sizeof(float) * W);
-            }
-        }
+        if (t < n_m - 1)
+            backward_row(c, t, emit + (t + 1) * W, ahead, mid);
+        else if (t == n_m - 1 && t < T_m - 1)
+            memcpy(mid, end, sizeof(float) * W);
         float *out = post + t * W;
         for (long k = 0; k < W; ++k) {
             float v = out[k] + mid[k] - total;
             out[k] = frame_mask[t] && v > IMPOSSIBLE_BELOW ? v : -INFINITY;
         }
     }
-#undef START
     if (!(total > IMPOSSIBLE_BELOW))
         *log_lik = -INFINITY;
 }
 
+/* One sample's log_lik and each frame's most probable word (its posterior's argmax, the lowest
+ * word on ties; -1 on padding), without the (T_m, W) posteriors: the backward pass keeps beta only
+ * every K = ceil(sqrt(n_m)) frames, and each stretch of K frames recomputes its betas from the
+ * next kept one while the forward pass goes through it: O(sqrt(T_m) W) floats of work instead of
+ * O(T_m W), for one more forward and backward pass. The frames must be a prefix (the aligner's grid is). */
+static void one_sample_best(const float *emit, const chain_t *c, long T_m, float skip, float *log_lik, long *best,
+                            float *row) { /* row: (4 + n_m / K + 2 + K) W + 8 floats */
+    const long W = c->W, n_m = c->n_m;
+    long K = 1;
+    while (K * K < n_m)
+        ++K;
+    float *mid = bordered(row, 0, W), *ahead = bordered(row, W + 4, W), *end = row + 2 * W + 8;
+    float *alpha = end + W, *kept = alpha + W, *stretch = kept + (n_m / K + 1) * W; /* kept[c]: beta at (c+1) K */
+
+    /* the forward pass's end first: log_lik and the end row */
+    first_row(c, skip, emit, alpha);
+    for (long t = 1; t < n_m; ++t) {
+        forward_row(c, t, alpha, emit + t * W, mid, ahead);
+        memcpy(alpha, ahead, sizeof(float) * W);
+    }
+    const float total = end_row(c, alpha, end);
+    *log_lik = total > IMPOSSIBLE_BELOW ? total : -INFINITY;
+
+    /* backward, keeping beta at frames K, 2K, ... */
+    memcpy(mid, end, sizeof(float) * W);
+    for (long t = n_m - 2; t >= 0; --t) {
+        backward_row(c, t, emit + (t + 1) * W, ahead, mid);
+        if (t > 0 && t % K == 0)
+            memcpy(kept + (t / K - 1) * W, mid, sizeof(float) * W);
+    }
+
+    /* forward again, stretch by stretch, each with its betas recomputed from the next kept one */
+    for (long s = 0; s * K < n_m; ++s) {
+        const long first = s * K, last = (s + 1) * K < n_m ? (s + 1) * K - 1 : n_m - 1;
+        if (last == n_m - 1) { /* beta at the last frame: the end */
+            memcpy(mid, end, sizeof(float) * W);
+        } else { /* from beta at last + 1: a kept one, or the end */
+            memcpy(mid, last + 1 == n_m - 1 ? end : kept + s * W, sizeof(float) * W);
+            backward_row(c, last, emit + (last + 1) * W, ahead, mid);
+        }
+        memcpy(stretch + (last - first) * W, mid, sizeof(float) * W);
+        for (long t = last - 1; t >= first; --t) {
+            backward_row(c, t, emit + (t + 1) * W, ahead, mid);
+            memcpy(stretch + (t - first) * W, mid, sizeof(float) * W);
+        }
+        for (long t = first; t <= last; ++t) {
+            if (t == 0) {
+                first_row(c, skip, emit, alpha);
+            } else {
+                forward_row(c, t, alpha, emit + t * W, mid, ahead);
+                memcpy(alpha, ahead, sizeof(float) * W);
+            }
+            const float *beta = stretch + (t - first) * W;
+            long arg = 0;
+            float top = -INFINITY;
+            for (long k = 0; k < W; ++k) { /* the posterior's expression, so the same numbers as one_sample's */
+                float v = alpha[k] + beta[k] - total;
+                v = v > IMPOSSIBLE_BELOW ? v : -INFINITY;
+                if (v > top)
+                    top = v, arg = k;
+            }
+            best[t] = band_start(c, t) + arg;
+        }
+    }
+    for (long t = n_m; t < T_m; ++t)
+        best[t] = -1;
+}
+
 /* Returns 0, or 1 when a workspace cannot be allocated. starts: (batch, T_m) longs, or NULL for the
- * full lattice (W = T_l); emit and post are (batch, T_m, W). */
+ * full lattice (W = T_l); emit is (batch, T_m, W). With post (batch, T_m, W): the posteriors; with
+ * post NULL: best (batch, T_m), each frame's most probable word. */
 int monotone_forward_backward(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
                               const long *starts, long batch, long T_m, long T_l, long W, float skip, int threads,
-                              float *log_lik, float *post) {
+                              float *log_lik, float *post, long *best) {
+    long K = 1;
+    while (K * K < T_m)
+        ++K;
+    const long floats = post ? 3 * W + 8 : (4 + (T_m / K + 2) + K) * W + 8; /* see one_sample_best */
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *row = malloc(sizeof(float) * (3 * W + 8));
+        float *row = malloc(sizeof(float) * floats);
         failed = row == NULL;
 #pragma omp for schedule(static)
-        for (long b = 0; b < batch; ++b)
-            if (!failed)
-                one_sample(emit + b * T_m * W, frame_mask + b * T_m, word_mask + b * T_l,
-                           starts ? starts + b * T_m : NULL, T_m, T_l, W, skip, log_lik + b, post + b * T_m * W, row);
+        for (long b = 0; b < batch; ++b) {
+            if (failed)
+                continue;
+            const chain_t c = chain_of(frame_mask + b * T_m, word_mask + b * T_l, starts ? starts + b * T_m : NULL,
+                                       T_m, T_l, W, skip);
+            if (post)
+                one_sample(emit + b * T_m * W, frame_mask + b * T_m, &c, T_m, skip, log_lik + b, post + b * T_m * W, row);
+            else
+                one_sample_best(emit + b * T_m * W, &c, T_m, skip, log_lik + b, best + b * T_m, row);
+        }
         free(row);
     }
     return failed;

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from . import native
 
-__all__ = ["forward_backward"]
+__all__ = ["forward_backward", "best_words"]
 
 PARALLEL_MIN_CELLS = 1 << 15   # B * T_m * T_l below which threads cost more than they save
-_ARGTYPES = (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4 + (ctypes.c_float, ctypes.c_int) + (ctypes.c_void_p,) * 2
+_ARGTYPES = (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4 + (ctypes.c_float, ctypes.c_int) + (ctypes.c_void_p,) * 3
 
 
 def _kernel():
@@ -36,6 +36,18 @@ def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     or None where the kernel does not apply (not CPU float32, non-finite emissions, no kernel).
     Inputs as there: log_emit (B, T_m, W), frame_mask (B, T_m), word_mask (B, T_l), bool; ``starts``
     (B, T_m) the band's first words (None: the full lattice, W = T_l)."""
+    return _run(log_emit, frame_mask, word_mask, skip, starts, posteriors=True)
+
+
+def best_words(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
+               skip: float, starts: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tensor]]:
+    """(log_lik (B,), each frame's most probable word (B, T_m) long, −1 on padding): the argmax of
+    :func:`forward_backward`'s posteriors (the lowest word on ties) without them, in O(√T_m · W)
+    work per thread. ``frame_mask`` must be a prefix. None where the kernel does not apply."""
+    return _run(log_emit, frame_mask, word_mask, skip, starts, posteriors=False)
+
+
+def _run(log_emit, frame_mask, word_mask, skip, starts, posteriors):
     if log_emit.device.type != "cpu" or log_emit.dtype != torch.float32 or log_emit.requires_grad:
         return None
     if _kernel() is None or not bool(torch.isfinite(log_emit).all()):
@@ -45,9 +57,11 @@ def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     frames = frame_mask.to(torch.bool).contiguous()
     words = word_mask.to(torch.bool).contiguous()
     band = None if starts is None else starts.to(torch.int64).contiguous()
-    log_lik, log_post = emit.new_empty(batch), emit.new_empty(batch, t_m, width)
+    log_lik = emit.new_empty(batch)
+    out = emit.new_empty(batch, t_m, width) if posteriors else torch.empty(batch, t_m, dtype=torch.int64)
     threads = native.threads_for(batch, batch * t_m * width, PARALLEL_MIN_CELLS)
     if _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), None if band is None else band.data_ptr(),
-                 batch, t_m, words.shape[1], width, skip, threads, log_lik.data_ptr(), log_post.data_ptr()):
+                 batch, t_m, words.shape[1], width, skip, threads, log_lik.data_ptr(),
+                 out.data_ptr() if posteriors else None, None if posteriors else out.data_ptr()):
         raise MemoryError("the CPU forward-backward kernel could not allocate its workspace")
-    return log_lik, log_post
+    return log_lik, out

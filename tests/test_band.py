@@ -147,8 +147,6 @@ def test_the_aligner_runs_the_lattice_on_the_band_only(monkeypatch):
     assert post.values.shape == (3, 30, 3) and post.starts.shape == (3, 30)
     dense = post.rows(0, 30)
     torch.testing.assert_close(dense.exp().sum(-1), frames["audio"][1].float(), rtol=0, atol=1e-3)   # float32
-    valid = frames["audio"][1]
-    assert torch.equal(post.best()[valid], dense.argmax(-1)[valid])            # the best word without dense rows
     # the relaxed-OT plan reads the band's posteriors block by block, as it reads the full ones
     scores = WordAligner.scores(post)
     blocked_out = torch.zeros(3, 1, 10).masked_fill(~word_mask[:, None], -math.inf)
@@ -165,3 +163,33 @@ def test_the_model_trains_with_a_band_and_rejects_a_negative_one():
     out = model(text, audio, vision)
     (out["M"].sum() + out["plan_loss"]).backward()
     assert torch.isfinite(out["plan_loss"]) and model.aligner.emissions["audio"].read.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("width", [0, 3])
+def test_best_words_are_the_posteriors_argmax_without_them(width):
+    emit, frames, words = _case(t_m=80, t_l=14, n_m=(80, 41, 9, 1), n_l=(14, 9, 3, 1))
+    starts = band.band_starts(frames, words, width)
+    banded = emit if starts is None else _in_band(emit, starts, width)[0]
+    log_lik, log_post = lattice.monotone_alignment(banded, frames, words, 0.05, starts)
+    got_lik, best = lattice.best_words(banded, frames, words, 0.05, starts)
+    want = (log_post.argmax(-1) + lattice.starts_or_full(frames, starts)).masked_fill(~frames, -1)
+    assert torch.equal(best, want) and torch.equal(got_lik, log_lik)
+    # where the kernel does not apply (float64): the argmax of the TorchScript posteriors
+    lik64, best64 = lattice.best_words(banded.double(), frames, words, 0.05, starts)
+    assert torch.equal(best64[frames], want[frames]) and (best64[~frames] == -1).all()
+
+
+def test_the_model_at_inference_plans_from_best_words_with_the_same_output(monkeypatch):
+    calls = []
+    real = monotone_kernel.best_words
+    monkeypatch.setattr(monotone_kernel, "best_words", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    for width in (0, 3):
+        model = AlignMamba(AlignMambaConfig(aligner_band=width, d_model=16, n_layers=1)).eval()
+        text, audio, vision = torch.randn(2, 12, 768), torch.randn(2, 40, 5), torch.randn(2, 30, 20)
+        with torch.no_grad():
+            lean = model(text, audio, vision)["M"]
+            assert len(calls) == 1
+            full = model(text, audio, vision, with_plans=True)["M"]                  # every plan: the posteriors
+        assert len(calls) == 1 and torch.equal(lean, full)
+        calls.clear()

@@ -9,7 +9,8 @@ frames' negative log-likelihood (L_plan); its posteriors' argmax is the relaxed-
 from __future__ import annotations
 
 import math
-from typing import List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,24 @@ from torch import Tensor, nn
 
 from .band import BandPosterior, band_starts, band_words
 from .common import ScoreBlock, position_gap
-from .lattice import monotone_alignment
+from .lattice import best_words, monotone_alignment
 
-__all__ = ["FrameEmission", "WordAligner"]
+__all__ = ["FrameEmission", "WordAligner", "BestWords"]
+
+
+@dataclass
+class BestWords:
+    """Each frame's most probable word only, ``words`` (B, T_m) long, −1 on padding; ``count`` = T_l.
+    What the relaxed-OT plan reads of the posteriors (their argmax), kept without them."""
+    words: Tensor
+    count: int
+
+    def rows(self, start: int, rows: int) -> Tensor:
+        """Frames [start, start + rows) as one-hot log posteriors: (B, rows, T_l), 0 at the frame's
+        word, −inf elsewhere (everywhere on padding)."""
+        best = self.words[:, start:start + rows, None]
+        hit = torch.arange(self.count, device=best.device) == best
+        return torch.zeros(hit.shape, device=best.device).masked_fill(~hit, float("-inf"))
 
 
 def _grid_frames(masks: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], Tensor, Tensor]:
@@ -178,12 +194,14 @@ class WordAligner(nn.Module):
             self.log_beta = nn.Parameter(torch.tensor(math.log(position_prior)))
 
     def forward(self, frames: Mapping[str, Tuple[Tensor, Tensor]], words: Tensor, word_mask: Tensor,
-                present: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, dict]:
+                present: Optional[Mapping[str, Tensor]] = None, best_only: bool = False) -> Tuple[Tensor, dict]:
         """``frames``: source -> (raw frames (B, T_m, d_m), mask (B, T_m)); ``words`` (B, T_l, d_model);
         ``present``: source -> (B,) bool, which samples have it (default all).
         -> (log_lik (B,): log p(the present sources' frames), {source: log posteriors (B, T_m, T_l),
         −inf on padding and impossible pairs, or with a band (``monotone``, ``band`` > 0) a
-        :class:`.band.BandPosterior`}). In training it updates the running statistics."""
+        :class:`.band.BandPosterior`}). ``best_only`` (``monotone``, no gradient): each frame's
+        most probable word instead (:class:`BestWords`), without the posteriors (:func:`.lattice.best_words`).
+        In training it updates the running statistics."""
         obs, masks = {}, {}
         for m, (x, mask) in frames.items():
             keep = mask if present is None else mask & present[m][:, None]
@@ -191,7 +209,7 @@ class WordAligner(nn.Module):
         if self.structure == "mixture":
             return self._mixture({m: self.emissions[m].log_likelihood(o, words) for m, o in obs.items()},
                                  masks, word_mask)
-        return self._monotone(obs, masks, words, word_mask)
+        return self._monotone(obs, masks, words, word_mask, best_only)
 
     def _mixture(self, emit, masks, word_mask):
         log_lik, posts = 0.0, {}
@@ -204,7 +222,7 @@ class WordAligner(nn.Module):
             log_lik = log_lik + per_frame.masked_fill(~masks[m], 0.0).sum(1)
         return log_lik, posts
 
-    def _monotone(self, obs, masks, words, word_mask):
+    def _monotone(self, obs, masks, words, word_mask, best_only=False):
         names = list(obs)
         frame_masks = [masks[m] for m in names]
         frames, weights, grid_mask, n_grid = _grid_frames(frame_masks)
@@ -215,9 +233,15 @@ class WordAligner(nn.Module):
         else:                # the band: each step's frame under the band's words only, (B, G, W)
             picked = [self.emissions[m].band_log_likelihood(_gather_rows(obs[m], frame), words, starts, self.band)
                       for m, frame in zip(names, frames)]
-        log_lik, grid_post = monotone_alignment(_grid_sum(picked, weights), grid_mask, word_mask, self.skip, starts)
+        grid_emit = _grid_sum(picked, weights)
+        steps = _frame_steps(frame_masks, n_grid, grid_emit.shape[1])
+        if best_only:        # a frame's best word is its grid step's
+            log_lik, grid_best = best_words(grid_emit, grid_mask, word_mask, self.skip, starts)
+            return log_lik, {m: BestWords(grid_best.gather(1, step).masked_fill(~mask, -1), word_mask.shape[1])
+                             for m, mask, step in zip(names, frame_masks, steps)}
+        log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip, starts)
         posts = {}
-        for m, mask, step in zip(names, frame_masks, _frame_steps(frame_masks, n_grid, grid_post.shape[1])):
+        for m, mask, step in zip(names, frame_masks, steps):
             post = _gather_rows(grid_post, step).masked_fill(~mask[..., None], float("-inf"))
             posts[m] = post if starts is None else BandPosterior(post, starts.gather(1, step), word_mask.shape[1])
         return log_lik, posts
@@ -231,11 +255,11 @@ class WordAligner(nn.Module):
         return -(log_lik * samples).sum() / max(int(size), 1)
 
     @staticmethod
-    def scores(log_post: Tensor | BandPosterior) -> ScoreBlock:
+    def scores(log_post: Union[Tensor, BandPosterior, BestWords]) -> ScoreBlock:
         """The posteriors as blockwise scores for the relaxed and soft plans (:data:`.common.ScoreBlock`);
-        a band's posteriors are made dense one block of rows at a time."""
+        a band's posteriors, and best words, are made dense one block of rows at a time."""
         def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
-            dense = log_post.rows(start, rows) if isinstance(log_post, BandPosterior) else log_post[:, start:start + rows]
+            dense = log_post[:, start:start + rows] if torch.is_tensor(log_post) else log_post.rows(start, rows)
             # −inf only where impossible; a floor keeps a fully impossible row (padding) finite
             return dense.clamp_min(-1e4) + blocked_out
         return block

@@ -67,7 +67,3 @@ class BandPosterior:
         values = self.values[:, start:start + rows]
         dense = values.new_full((values.shape[0], values.shape[1], self.words), float("-inf"))
         return dense.scatter_(2, band_words(self.starts[:, start:start + rows], values.shape[2]), values)
-
-    def best(self) -> Tensor:
-        """Each frame's most probable word, (B, T_m) long, without the dense (B, T_m, T_l) rows."""
-        return self.values.argmax(-1) + self.starts

@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import monotone_kernel
 from ..tracing import compiled, traceable
 
-__all__ = ["monotone_alignment", "forward_backward", "starts_or_full"]
+__all__ = ["monotone_alignment", "best_words", "forward_backward", "starts_or_full"]
 
 
 def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
@@ -47,6 +47,23 @@ def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
     if torch.jit.is_tracing():   # the ONNX export: no autograd, the recursions as a scripted loop
         return traceable(forward_backward)(log_emit, frame_mask, word_mask, float(skip), True, starts_or_full(frame_mask, starts))
     return _MonotoneForwardBackward.apply(log_emit, frame_mask, word_mask, float(skip), starts)
+
+
+def best_words(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, skip: float = 0.05,
+               starts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """What :func:`monotone_alignment` gives when only each frame's most probable word is needed
+    (the relaxed-OT plan at inference): ``(log_lik (B,), best (B, T_m) long)``, the word index of
+    the posterior's argmax (the lowest on ties), −1 on padding; ``frame_mask`` a prefix. On CPU
+    the C kernel computes it without the (B, T_m, W) posteriors, in O(√T_m · W) work per thread;
+    elsewhere, and while tracing (the export), it is the argmax of the posteriors. No gradient."""
+    with torch.no_grad():
+        result = None if torch.jit.is_tracing() else \
+            monotone_kernel.best_words(log_emit.detach(), frame_mask, word_mask, float(skip), starts)
+        if result is not None:
+            return result
+        log_lik, log_post = monotone_alignment(log_emit.detach(), frame_mask, word_mask, skip, starts)
+        best = log_post.argmax(-1) + starts_or_full(frame_mask, starts)
+        return log_lik, best.masked_fill(~frame_mask, -1)
 
 
 class _MonotoneForwardBackward(torch.autograd.Function):
