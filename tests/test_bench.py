@@ -83,6 +83,16 @@ def test_transformer_baseline_is_alignmamba_with_transformer_fusion():
     assert out["M"].shape == (2, 1) and torch.isfinite(out["M"]).all()
 
 
+def test_the_banded_baseline_is_alignmamba_with_the_banded_variant():
+    from mmsa_alignmamba.model import ABLATIONS
+    model = bench.build_bench_model("alignmamba_banded", bench.bench_args("alignmamba_banded", "cpu")).eval()
+    assert model.Model.aligner.band == ABLATIONS["banded"]["aligner_band"] > 0
+    assert bench.build_bench_model("alignmamba", bench.bench_args("alignmamba", "cpu")).Model.aligner.band == 0
+    inputs, extras = bench.random_inputs("alignmamba_banded", 40, 2, "cpu")
+    with torch.no_grad():
+        assert torch.isfinite(model(*inputs, **extras)["M"]).all()
+
+
 def test_summary_growth_and_ratios():
     points = [{"model": m, "length": L, "status": "ok", "time_s": t * (L / 100) ** k, "memory_mb": mem * L}
               for m, t, k, mem in (("alignmamba", 1.0, 1, 1.0), ("mult", 2.0, 2, 4.0), ("transformer", 1.0, 2, 2.0))

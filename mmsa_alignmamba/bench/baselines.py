@@ -23,6 +23,7 @@ class Baseline:
     adapt: Callable | None = None  # AMIO -> AMIO, applied after MMSA builds the config model
     onnx: bool = False        # run its ONNX export (export.py) in ONNX Runtime instead of PyTorch
     in_length_sweep: bool = True  # part of the default --lengths sweep (else only asked for, or --shapes)
+    variant: str | None = None    # AlignMamba's ablation variant (model.ABLATIONS) whose overrides it takes
 
 
 def transformer_stack(cfg):
@@ -58,6 +59,8 @@ register(Baseline("mult", "MulT (MMSA)", "s", "mult", takes_lengths=False))
 register(Baseline("transformer", "Transformer fusion", "d", "alignmamba", takes_lengths=True,
                   adapt=_with_transformer_fusion))
 register(Baseline("lf_dnn", "LF-DNN (MMSA)", "^", "lf_dnn", takes_lengths=False, in_length_sweep=False))
+register(Baseline("alignmamba_banded", "AlignMamba (banded aligner)", "P", "alignmamba", takes_lengths=True,
+                  in_length_sweep=False, variant="banded"))
 MODELS = tuple(n for n, b in BASELINES.items() if b.in_length_sweep)   # the default length sweep
 REFERENCE = "alignmamba"
 
@@ -68,6 +71,9 @@ def bench_args(model: str, device: str, dataset: str = "mosi"):
     from .. import host
     args = host.load_config(BASELINES[model].config_model, dataset)
     args.update(host.mmsa_run_args(device=device), feature_dims=list(SHAPES[dataset]["feature_dims"]))
+    if BASELINES[model].variant:
+        from ..model import ABLATIONS
+        args.update(ABLATIONS[BASELINES[model].variant])
     return args
 
 
