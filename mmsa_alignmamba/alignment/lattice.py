@@ -8,6 +8,7 @@ Loop (:mod:`mmsa_alignmamba.tracing`). Its gradient is the posterior, computed h
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Tuple
 
@@ -18,6 +19,9 @@ from .. import monotone_kernel
 from ..tracing import compiled, traceable
 
 __all__ = ["monotone_alignment", "best_words", "forward_backward", "starts_or_full"]
+
+logger = logging.getLogger("mmsa_alignmamba")
+_triton_usable = True   # until the Triton programs fail once
 
 
 def monotone_alignment(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
@@ -72,8 +76,10 @@ class _MonotoneForwardBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_emit, frame_mask, word_mask, skip, starts):
-        with torch.no_grad():  # the C kernel on CPU, else TorchScript: no Python between the steps
+        with torch.no_grad():  # the C kernel on CPU, Triton on CUDA, else TorchScript: no Python between the steps
             result = monotone_kernel.forward_backward(log_emit.detach(), frame_mask, word_mask, skip, starts)
+            if result is None and log_emit.is_cuda:
+                result = _on_cuda(log_emit.detach(), frame_mask, word_mask, skip, starts)
             if result is None:
                 result = compiled(forward_backward)(log_emit.detach(), frame_mask, word_mask, skip, False,
                                                     starts_or_full(frame_mask, starts))
@@ -86,6 +92,22 @@ class _MonotoneForwardBackward(torch.autograd.Function):
     def backward(ctx, grad_log_lik, _grad_post):
         (log_post,) = ctx.saved_tensors
         return log_post.exp() * grad_log_lik[:, None, None], None, None, None, None
+
+
+def _on_cuda(log_emit, frame_mask, word_mask, skip, starts):
+    """The Triton programs (:mod:`mmsa_alignmamba.monotone_triton`, imported on first CUDA use), or
+    None where they do not apply or have failed once (then TorchScript from there on, one log line)."""
+    global _triton_usable
+    if not _triton_usable:
+        return None
+    try:
+        from .. import monotone_triton
+        return monotone_triton.forward_backward(log_emit, frame_mask, word_mask, skip, starts)
+    except Exception as error:  # no Triton for this GPU or driver, a compile error, ...
+        _triton_usable = False
+        logger.warning("the aligner's Triton forward-backward failed (%s); TorchScript runs it on CUDA from now on",
+                       error)
+        return None
 
 
 def starts_or_full(frame_mask: Tensor, starts: Optional[Tensor]) -> Tensor:
