@@ -224,3 +224,28 @@ def assert_close_scaled(got, want, tol):
         err = (got[k] - want[k]).abs().max().item()
         scale = max(1.0, want[k].abs().max().item())
         assert err <= tol * scale, f"{k}: max error {err:.3g} > {tol:.0e} * {scale:.3g}"
+
+
+def lattice_case(batch, t_m, t_l, sharpness=1.0, seed=0):
+    """Random emissions (B, T_m, T_l) for the aligner's forward-backward and prefix masks of random
+    lengths (the last sample full)."""
+    generator = torch.Generator().manual_seed(seed)
+    emit = torch.randn(batch, t_m, t_l, generator=generator) * sharpness
+    n_m = torch.randint(1, t_m + 1, (batch,), generator=generator)
+    n_l = torch.randint(1, t_l + 1, (batch,), generator=generator)
+    n_m[-1], n_l[-1] = t_m, t_l
+    return emit, torch.arange(t_m)[None] < n_m[:, None], torch.arange(t_l)[None] < n_l[:, None]
+
+
+def assert_same_lattice(got, want, frames):
+    """Two forward-backward results (log_lik, log_post) agree as float32 lets them: the same
+    impossible cells (−inf), no NaN, within 1e-5 of the largest value, posteriors summing alike."""
+    got = tuple(x.cpu() for x in got)
+    possible = torch.isfinite(want[1])
+    assert torch.equal(possible, torch.isfinite(got[1]))
+    assert not torch.isnan(got[1]).any()
+    assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max().clamp_min(1.0)
+    if possible.any():
+        assert (got[1][possible] - want[1][possible]).abs().max() <= 1e-5 * want[1][possible].abs().max().clamp_min(1.0)
+    # each frame sits in some word: the posteriors sum to 1 as well as float32 lets TorchScript's do
+    assert torch.allclose(got[1].exp().sum(-1)[frames], want[1].exp().sum(-1)[frames], atol=1e-4)

@@ -14,7 +14,7 @@ import sysconfig
 import pytest
 import torch
 
-from conftest import assert_close_scaled, fwd_bwd, scan_inputs
+from conftest import assert_close_scaled, assert_same_lattice, fwd_bwd, lattice_case, scan_inputs
 from mmsa_alignmamba import monotone_kernel, native, scan_kernel
 from mmsa_alignmamba.alignment import lattice
 from mmsa_alignmamba.tracing import compiled
@@ -119,7 +119,7 @@ def test_without_the_kernel_inference_runs_the_pytorch_scan(fresh_kernel, monkey
     assert not scan_kernel.kernel_available()
     assert torch.equal(got, want)
     assert sum("PyTorch code serves" in r.getMessage() for r in caplog.records) == 1   # one line, not one a call
-    emit, frames, words = _chain(2, 30, 6)
+    emit, frames, words = lattice_case(2, 30, 6)
     assert monotone_kernel.forward_backward(emit, frames, words, 0.05) is None   # the TorchScript version serves
     assert not scan_kernel.training_scan_applies(x)
     y = m(x)                                                  # training: the PyTorch scan, bit for bit
@@ -151,16 +151,6 @@ def test_a_fresh_build_keeps_gradual_underflow(tmp_path):
     assert done.stdout.count("scan_kernel-") == 1 and done.stdout.count("monotone_kernel-") == 1
 
 
-def _chain(batch, t_m, t_l, sharpness=1.0, seed=0):
-    """Random emissions (B, T_m, T_l) and prefix masks of random lengths (the last sample full)."""
-    generator = torch.Generator().manual_seed(seed)
-    emit = torch.randn(batch, t_m, t_l, generator=generator) * sharpness
-    n_m = torch.randint(1, t_m + 1, (batch,), generator=generator)
-    n_l = torch.randint(1, t_l + 1, (batch,), generator=generator)
-    n_m[-1], n_l[-1] = t_m, t_l
-    return emit, torch.arange(t_m)[None] < n_m[:, None], torch.arange(t_l)[None] < n_l[:, None]
-
-
 @pytest.mark.parametrize("batch, t_m, t_l, sharpness", [
     (1, 500, 50, 1.0),                     # MOSI's grid and words
     (4, 40, 7, 30.0),                      # sharp: most paths far below the best
@@ -168,22 +158,13 @@ def _chain(batch, t_m, t_l, sharpness=1.0, seed=0):
     (2, 1, 5, 1.0), (2, 6, 1, 1.0),        # one frame; one word
 ])
 def test_the_forward_backward_kernel_computes_the_torchscript_recursions(batch, t_m, t_l, sharpness):
-    emit, frames, words = _chain(batch, t_m, t_l, sharpness)
-    want_lik, want_post = compiled(lattice.forward_backward)(emit, frames, words, 0.05, False,
-                                                              lattice.starts_or_full(frames, None))
-    got_lik, got_post = monotone_kernel.forward_backward(emit, frames, words, 0.05)
-    possible = torch.isfinite(want_post)
-    assert torch.equal(possible, torch.isfinite(got_post))          # the same impossible cells, as -inf
-    assert not torch.isnan(got_post).any()
-    scale = want_lik.abs().max().clamp_min(1.0)
-    assert (got_lik - want_lik).abs().max() <= 1e-5 * scale
-    assert (got_post[possible] - want_post[possible]).abs().max() <= 1e-5 * want_post[possible].abs().max().clamp_min(1.0)
-    # each frame sits in some word: the posteriors sum to 1 as well as float32 lets TorchScript's do
-    assert torch.allclose(got_post.exp().sum(-1)[frames], want_post.exp().sum(-1)[frames], atol=1e-4)
+    emit, frames, words = lattice_case(batch, t_m, t_l, sharpness)
+    want = compiled(lattice.forward_backward)(emit, frames, words, 0.05, False, lattice.starts_or_full(frames, None))
+    assert_same_lattice(monotone_kernel.forward_backward(emit, frames, words, 0.05), want, frames)
 
 
 def test_the_forward_backward_kernel_does_not_depend_on_threads(monkeypatch):
-    emit, frames, words = _chain(5, 300, 40)          # over PARALLEL_MIN_CELLS: threads take part
+    emit, frames, words = lattice_case(5, 300, 40)          # over PARALLEL_MIN_CELLS: threads take part
     results = []
     for threads in (1, 2, 3, 4):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
@@ -194,7 +175,7 @@ def test_the_forward_backward_kernel_does_not_depend_on_threads(monkeypatch):
 
 
 def test_the_aligner_trains_and_infers_on_the_forward_backward_kernel(monkeypatch):
-    emit, frames, words = _chain(3, 60, 9)
+    emit, frames, words = lattice_case(3, 60, 9)
     calls = []
     real = monotone_kernel.forward_backward
     monkeypatch.setattr(monotone_kernel, "forward_backward", lambda *a: calls.append(1) or real(*a))

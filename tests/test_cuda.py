@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_same_lattice, lattice_case
+
 from mmsa_alignmamba import monotone_kernel
 from mmsa_alignmamba.alignment import band, lattice
 from mmsa_alignmamba.model import AlignMamba, AlignMambaConfig
@@ -13,28 +15,11 @@ from mmsa_alignmamba.model import AlignMamba, AlignMambaConfig
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _chain(batch, t_m, t_l, sharpness, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    emit = torch.randn(batch, t_m, t_l, generator=g) * sharpness
-    n_m = torch.randint(1, t_m + 1, (batch,), generator=g)
-    n_l = torch.randint(1, t_l + 1, (batch,), generator=g)
-    n_m[-1], n_l[-1] = t_m, t_l
-    return emit, torch.arange(t_m)[None] < n_m[:, None], torch.arange(t_l)[None] < n_l[:, None]
-
-
-def _assert_same(got, want):
-    got = tuple(x.cpu() for x in got)
-    possible = torch.isfinite(want[1])
-    assert torch.equal(possible, torch.isfinite(got[1]))
-    assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max().clamp_min(1.0)
-    assert (got[1][possible] - want[1][possible]).abs().max() <= 1e-5 * want[1][possible].abs().max().clamp_min(1.0)
-
-
 @pytest.mark.parametrize("batch, t_m, t_l, sharpness, width", [
     (32, 500, 50, 1.0, 0), (8, 1600, 1600, 1.0, 16), (4, 40, 7, 30.0, 0), (3, 13, 30, 0.1, 0), (2, 1, 5, 1.0, 0)])
 @pytest.mark.parametrize("path", ["triton", "torchscript"])
 def test_the_cuda_forward_backward_is_the_cpu_kernel(path, batch, t_m, t_l, sharpness, width):
-    emit, frames, words = _chain(batch, t_m, t_l, sharpness)
+    emit, frames, words = lattice_case(batch, t_m, t_l, sharpness)
     starts = band.band_starts(frames, words, width) if width else None
     if starts is not None:
         emit = emit.gather(2, band.band_words(starts, width))
@@ -46,7 +31,7 @@ def test_the_cuda_forward_backward_is_the_cpu_kernel(path, batch, t_m, t_l, shar
         assert got is not None, "the Triton programs did not run on CUDA"
     else:
         got = lattice.compiled(lattice.forward_backward)(*cuda[:3], 0.05, False, lattice.starts_or_full(cuda[1], cuda[3]))
-    _assert_same(got, want)
+    assert_same_lattice(got, want, frames)
 
 
 @pytest.mark.parametrize("width", [0, 8])

@@ -9,6 +9,8 @@ import importlib
 import pytest
 import torch
 
+from conftest import assert_same_lattice, lattice_case
+
 from mmsa_alignmamba import monotone_kernel
 from mmsa_alignmamba.alignment import band, lattice
 
@@ -27,23 +29,6 @@ def interpreted():
     importlib.reload(monotone_triton)
 
 
-def _chain(batch, t_m, t_l, sharpness, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    emit = torch.randn(batch, t_m, t_l, generator=g) * sharpness
-    n_m = torch.randint(1, t_m + 1, (batch,), generator=g)
-    n_l = torch.randint(1, t_l + 1, (batch,), generator=g)
-    n_m[-1], n_l[-1] = t_m, t_l
-    return emit, torch.arange(t_m)[None] < n_m[:, None], torch.arange(t_l)[None] < n_l[:, None]
-
-
-def _assert_same(got, want):
-    possible = torch.isfinite(want[1])
-    assert torch.equal(possible, torch.isfinite(got[1]))
-    assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max().clamp_min(1.0)
-    if possible.any():
-        assert (got[1][possible] - want[1][possible]).abs().max() <= 1e-5 * want[1][possible].abs().max().clamp_min(1.0)
-
-
 @pytest.mark.parametrize("batch, t_m, t_l, sharpness, width", [
     (1, 500, 50, 1.0, 0),                  # MOSI's grid and words
     (3, 30, 7, 30.0, 0),                   # sharp: most paths far below the best
@@ -54,20 +39,20 @@ def _assert_same(got, want):
 ])
 def test_the_triton_programs_compute_the_c_kernel_and_the_torchscript_recursions(interpreted, batch, t_m, t_l,
                                                                                  sharpness, width):
-    emit, frames, words = _chain(batch, t_m, t_l, sharpness)
+    emit, frames, words = lattice_case(batch, t_m, t_l, sharpness)
     starts = band.band_starts(frames, words, width) if width else None
     if width:
         assert starts is not None
         emit = emit.gather(2, band.band_words(starts, width))
     got = interpreted.forward_backward(emit, frames, words, 0.05, starts)
     assert got is not None and got[1].shape == emit.shape
-    _assert_same(got, monotone_kernel.forward_backward(emit, frames, words, 0.05, starts))
-    _assert_same(got, lattice.compiled(lattice.forward_backward)(emit, frames, words, 0.05, False,
-                                                                  lattice.starts_or_full(frames, starts)))
+    assert_same_lattice(got, monotone_kernel.forward_backward(emit, frames, words, 0.05, starts), frames)
+    assert_same_lattice(got, lattice.compiled(lattice.forward_backward)(emit, frames, words, 0.05, False,
+                                                                         lattice.starts_or_full(frames, starts)), frames)
 
 
 def test_the_triton_programs_leave_what_they_do_not_serve(interpreted):
-    emit, frames, words = _chain(2, 5, 3, 1.0)
+    emit, frames, words = lattice_case(2, 5, 3, 1.0)
     assert interpreted.forward_backward(emit.double(), frames, words, 0.05) is None      # float64
     emit[0, 0, 0] = float("-inf")
     assert interpreted.forward_backward(emit, frames, words, 0.05) is None                # non-finite emissions
@@ -83,7 +68,7 @@ def test_the_model_takes_triton_on_cuda_only_and_falls_back_for_good_when_it_fai
 
     monkeypatch.setattr(monotone_triton, "forward_backward", broken)
     monkeypatch.setattr(lattice, "_triton_usable", True)
-    emit, frames, words = _chain(2, 8, 4, 1.0)
+    emit, frames, words = lattice_case(2, 8, 4, 1.0)
     lattice.monotone_alignment(emit, frames, words)                 # CPU: the C kernel, Triton never asked
     assert calls == []
     with caplog.at_level("WARNING", logger="mmsa_alignmamba"):
