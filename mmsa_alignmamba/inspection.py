@@ -17,6 +17,7 @@ from . import text_padding
 from .datasets import MODALITIES
 from .errors import DataFileError
 from .safeio import safe_pickle_load
+from .validate import checked_array
 
 __all__ = ["SplitSummary", "inspect_file", "format_summary"]
 
@@ -50,22 +51,11 @@ def _moments(arr: np.ndarray) -> tuple[float, float, int]:
     return mean, float(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0))), bad
 
 
-def _array(part, split, key, ndim):
-    try:
-        arr = np.asarray(part[key])
-    except Exception:  # ragged per-sample arrays
-        raise DataFileError(f"{split}['{key}'] has samples of different shapes") from None
-    if arr.ndim != ndim or arr.dtype.kind not in "biuf":
-        raise DataFileError(f"{split}['{key}'] must be a {ndim}-d array of numbers, got shape {arr.shape}, "
-                            f"dtype {arr.dtype}")
-    return arr
-
-
 def summarize_split(part: dict, split: str, where: str) -> SplitSummary:
     missing = [k for k in MODALITIES if k not in part]
     if missing:
         raise DataFileError(f"{where}: split '{split}' lacks key(s) {missing}")
-    arrays = {m: _array(part, split, m, 3) for m in MODALITIES}
+    arrays = {m: checked_array(where, split, m, part[m], 3) for m in MODALITIES}
     n = arrays["text"].shape[0]
     if n == 0:
         raise DataFileError(f"{where}: split '{split}' is empty")

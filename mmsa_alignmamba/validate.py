@@ -41,7 +41,8 @@ def _fail(path, message: str):
     raise DataFileError(f"invalid dataset {path}: {message}")
 
 
-def _array(path, split, key, value, ndim: int):
+def checked_array(path, split, key, value, ndim: int):
+    """``value`` as a numeric array of ``ndim`` dimensions, or one DataFileError naming the file, split and key."""
     try:
         arr = np.asarray(value)
     except Exception:  # ragged per-sample arrays: numpy refuses to stack them
@@ -70,7 +71,7 @@ def _check_true_maps(path, split, part, n, audio, vision, t_l) -> None:
         key = TRUE_MAP_KEYS[modality]
         if key not in part:
             continue
-        arr = _array(path, split, key, part[key], 2)
+        arr = checked_array(path, split, key, part[key], 2)
         if arr.dtype.kind not in "iu":
             _fail(path, f"{split}['{key}'] must hold integer token indices, got dtype {arr.dtype}")
         if arr.shape != (n, frames.shape[1]):
@@ -100,8 +101,8 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
         if missing:
             _fail(path, f"split '{split}' lacks key(s) {missing}")
         text_key = "text_bert" if use_bert else "text"
-        text, audio, vision = (_array(path, split, k, part[k], 3) for k in (text_key, "audio", "vision"))
-        labels = _array(path, split, "regression_labels", np.reshape(part["regression_labels"], -1), 1)
+        text, audio, vision = (checked_array(path, split, k, part[k], 3) for k in (text_key, "audio", "vision"))
+        labels = checked_array(path, split, "regression_labels", np.reshape(part["regression_labels"], -1), 1)
         n = labels.shape[0]
         if n == 0:
             _fail(path, f"split '{split}' is empty")
@@ -113,7 +114,7 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
         if use_bert and text.shape[1] != 3:
             _fail(path, f"{split}['text_bert'] must be (N, 3, T) token ids/mask/segments, got {text.shape}")
         if "text_bert" in part:   # the mask says which text slots are words: it must fit the text
-            mask_of = _array(path, split, "text_bert", part["text_bert"], 3)
+            mask_of = checked_array(path, split, "text_bert", part["text_bert"], 3)
             if mask_of.shape[0] != n:
                 _fail(path, f"{split}['text_bert'] has {mask_of.shape[0]} samples but {split}['regression_labels'] has {n}")
             text_padding.mask_lengths(mask_of, text.shape[2] if use_bert else text.shape[1],
@@ -124,7 +125,7 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
         dims_seen = dims
         if not aligned:
             for key, arr in (("audio_lengths", audio), ("vision_lengths", vision)):
-                lengths = _array(path, split, key, part[key], 1)
+                lengths = checked_array(path, split, key, part[key], 1)
                 if lengths.shape[0] != n:
                     _fail(path, f"{split}['{key}'] has {lengths.shape[0]} entries for {n} samples")
                 if not np.all(np.isfinite(lengths.astype(float))):
@@ -134,7 +135,7 @@ def validate_dataset(path, dataset: str, use_bert: bool = False, aligned: bool =
                                 f"got [{lengths.min()}, {lengths.max()}]")
         bound = LABEL_RANGE[dataset]
         for key in ["regression_labels"] + ([f"regression_labels_{m}" for m in "TAV"] if dataset == "sims" else []):
-            values = _array(path, split, key, np.reshape(part[key], -1), 1).astype(float)
+            values = checked_array(path, split, key, np.reshape(part[key], -1), 1).astype(float)
             if np.isnan(values).any():
                 _fail(path, f"{split}['{key}'] contains NaN")
             if np.abs(values).max(initial=0) > bound + 1e-6:
@@ -182,7 +183,7 @@ def validate_modality_file(path, flag: str, key: str, samples: dict[str, int], u
         part = data.get(split) if isinstance(data, dict) else None
         if not isinstance(part, dict) or any(k not in part for k in needed):
             _fail(path, f"{flag} file needs {split}{needed} (MMSA's per-modality feature format)")
-        arr = _array(path, split, key, part[key], 3)
+        arr = checked_array(path, split, key, part[key], 3)
         if arr.shape[0] != samples[split]:
             _fail(path, f"{flag} file has {arr.shape[0]} {split} samples, the dataset has {samples[split]}")
         if not np.all(np.isfinite(arr[~np.isneginf(arr)] if key == "audio" else arr)):

@@ -90,6 +90,18 @@ def plain_pkl(tiny_pkl, data_dir) -> Path:
     return path
 
 
+def small_alignmamba_config(tmp: Path) -> Path:
+    """The plugin's AlignMamba config with a small model (d_model 16, one layer), written into ``tmp``."""
+    import json
+
+    from mmsa_alignmamba import host
+    ours = json.loads(host.plugins()["alignmamba"].config_path.read_text())
+    ours["alignmamba"]["commonParams"].update(d_model=16, n_layers=1)
+    path = tmp / "small_alignmamba.json"
+    path.write_text(json.dumps(ours))
+    return path
+
+
 def load_pickle(path):
     from mmsa_alignmamba.safeio import safe_pickle_load
     return safe_pickle_load(path)

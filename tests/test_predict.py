@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_pickle, run_cli
+from conftest import load_pickle, run_cli, small_alignmamba_config
 
 import mmsa_alignmamba
-from mmsa_alignmamba import checkpoints, cli, host
+from mmsa_alignmamba import checkpoints, cli
 from mmsa_alignmamba.predict import sentiment_classes
 from mmsa_alignmamba.errors import InputError
-
-
-def _small_alignmamba_config(tmp: Path) -> Path:
-    ours = json.loads(host.plugins()["alignmamba"].config_path.read_text())
-    ours["alignmamba"]["commonParams"].update(d_model=16, n_layers=1)
-    path = tmp / "small_alignmamba.json"
-    path.write_text(json.dumps(ours))
-    return path
 
 
 def _train(model: str, pkl: Path, out: Path, extra=()) -> Path:
@@ -38,7 +30,7 @@ def _train(model: str, pkl: Path, out: Path, extra=()) -> Path:
 def trained(tmp_path_factory, short_pkl):
     """An AlignMamba trained for one epoch on the short SYNTHETIC set: (checkpoint, results dir)."""
     out = tmp_path_factory.mktemp("trained")
-    return _train("alignmamba", short_pkl, out, ("-c", _small_alignmamba_config(out))), out / "results"
+    return _train("alignmamba", short_pkl, out, ("-c", small_alignmamba_config(out))), out / "results"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -78,7 +70,7 @@ def test_bare_state_dict_still_loads(trained, tmp_path, short_pkl):
     inputs = (test["text"], test["audio"], test["vision"], test["audio_lengths"], test["vision_lengths"])
     described = mmsa_alignmamba.load_model(checkpoint)
     old = mmsa_alignmamba.load_model(bare, model="alignmamba", dataset="mosi", feature_dims=(768, 5, 20),
-                                     config_file=_small_alignmamba_config(tmp_path))
+                                     config_file=small_alignmamba_config(tmp_path))
     np.testing.assert_allclose(old.predict(*inputs), described.predict(*inputs), rtol=1e-6, atol=1e-6)
     with pytest.raises(InputError, match="does not describe itself"):
         mmsa_alignmamba.load_model(bare)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mmsa_alignmamba
-from conftest import load_pickle, run_cli
-from mmsa_alignmamba import cli, host, text_padding
+from conftest import load_pickle, run_cli, small_alignmamba_config
+from mmsa_alignmamba import cli, text_padding
 from mmsa_alignmamba.errors import DataFileError
 from mmsa_alignmamba.missing import make_protocol
 from mmsa_alignmamba.model import AlignMamba, AlignMambaConfig
@@ -60,14 +60,6 @@ def variants(tiny_pkl, tmp_path_factory) -> dict[str, Path]:
     assert np.all(np.abs(data["train"]["text"]).sum(-1) > 0)                  # and they are not zero
     folder = tmp_path_factory.mktemp("pads")
     return {name: _write(d, folder / f"{name}.pkl") for name, d in _pad_variants(data).items()}
-
-
-def _small_config(tmp: Path) -> Path:
-    ours = json.loads(host.plugins()["alignmamba"].config_path.read_text())
-    ours["alignmamba"]["commonParams"].update(d_model=16, n_layers=1)
-    path = tmp / "small_alignmamba.json"
-    path.write_text(json.dumps(ours))
-    return path
 
 
 # ------------------------------------------------------------------------------ the model itself
@@ -120,7 +112,7 @@ def _train(pkl: Path, out: Path, config: Path, extra=()) -> tuple[dict, Path]:
 @pytest.fixture(scope="module")
 def trained(variants, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pad_runs")
-    config = _small_config(tmp)
+    config = small_alignmamba_config(tmp)
     return {name: _train(variants[name], tmp / name, config) for name in ("bert", "random", "zero")}
 
 
@@ -210,7 +202,7 @@ def test_unmarked_padding_logs_one_warning(variants, tmp_path, capsys):
     for part in data.values():
         del part["text_bert"]
     path = _write(data, tmp_path / "unmarked.pkl")
-    config = _small_config(tmp_path)
+    config = small_alignmamba_config(tmp_path)
 
     def warnings(pkl, name):
         rc, out, err = run_cli(["-m", "alignmamba", "-d", "mosi", "--feature-path", pkl, "-s", "1", "--epochs", "1",

@@ -73,6 +73,7 @@ import numpy as np
 from ..errors import check_seed
 from ..registry import Registry
 from ..safeio import atomic_write, atomic_write_text
+from ..text_padding import MASK_ROW
 from .common import PAD_SCALE, PAD_SEED_TAG, PADDINGS, PRESETS, SPLITS, pad_like_bert, preset, resolve_sizes, size_label
 
 __all__ = [
@@ -140,16 +141,16 @@ def make_synthetic(like: str = "mosi", aligned: bool = False,
     entropy = [seed, p["index"]] + ([] if family.SEED_TAG is None else [family.SEED_TAG])
     s_struct, *s_splits = np.random.SeedSequence(entropy).spawn(1 + len(SPLITS))
     st = family.structure(np.random.default_rng(s_struct), p)
-    pad_vector, *pad_splits = np.random.SeedSequence(entropy + [PAD_SEED_TAG]).spawn(1 + len(SPLITS))
-    pad_vector = np.random.default_rng(pad_vector).standard_normal(p["feature_dims"][0]).astype(np.float32)
-    pad_vector *= np.float32(PAD_SCALE)
+    s_pad_vector, *pad_splits = np.random.SeedSequence(entropy + [PAD_SEED_TAG]).spawn(1 + len(SPLITS))
+    pad_vector = np.random.default_rng(s_pad_vector).standard_normal(p["feature_dims"][0]).astype(np.float32)
+    pad_vector *= np.float32(PAD_SCALE)   # one [PAD] vector for the whole file, a token's scale
     data, lats = {}, {}
     for split, s_ss, s_pad in zip(SPLITS, s_splits, pad_splits):
         data[split], lats[split] = family.make_split(np.random.default_rng(s_ss), st, p, split,
                                                      sizes[split], bool(aligned), return_latents)
         if padding == "bert":
             part = data[split]
-            pad_like_bert(part["text"], part["text_bert"][:, 1] > 0, pad_vector, np.random.default_rng(s_pad))
+            pad_like_bert(part["text"], part["text_bert"][:, MASK_ROW] > 0, pad_vector, np.random.default_rng(s_pad))
     return (data, lats) if return_latents else data
 
 
