@@ -64,8 +64,9 @@ class AlignMambaConfig:
                                       # one clock) or "mixture" (each frame on its own, position prior)
     ot_position_prior: float = 0.0    # cosine cost: + β·δ², δ = distance in words from the time-proportional spot
     likelihood_prior_init: float = 0.05  # mixture cost: starting β of its learned position prior
-    aligner_band: int = 0             # monotone cost: words per grid step around the time-proportional word
-                                      # (ours, alignment/band.py: O(T·W)); 0 or >= T_l: the full lattice
+    aligner_band: int = 128           # monotone cost: words per grid step around the time-proportional word
+                                      # (ours, alignment/band.py: O(T·W)); 0 or >= T_l: the full lattice, so
+                                      # MMSA's 50 / 39 text slots run the full lattice and long texts stay linear
     global_alignment: str | bool = "none"  # by name (mmsa.global_alignments): "mmd" (the paper's: MMD² between
                                       # aligned audio/vision and text), "none" (ours by default: MMD gave no gain
                                       # and hurt once active, docs/method.md §3), or a third party's;
@@ -450,5 +451,7 @@ for _name, _overrides, _meaning in (
      "ours: training-time modality dropout 0.3 (robustness to missing modalities)"),
     ("banded", {"aligner_band": 8},
      "ours: the learned aligner's lattice cut to the 8 words around each grid step's time-proportional word"),
+    ("full_lattice", {"aligner_band": 0},
+     "ours: the learned aligner's full lattice at every length (O(T·T_l)), not the default 128-word band"),
 ):
     ABLATIONS.register(_name, _overrides, meaning=_meaning)

@@ -189,3 +189,28 @@ def test_the_model_at_inference_plans_from_best_words_with_the_same_output(monke
             full = model(text, audio, vision, with_plans=True)["M"]                  # every plan: the posteriors
         assert len(calls) == 1 and torch.equal(lean, full)
         calls.clear()
+
+
+@pytest.mark.parametrize("width", [3, 6])
+def test_the_relaxed_plan_reads_a_band_without_dense_rows_and_picks_the_same_words(width, monkeypatch):
+    from mmsa_alignmamba.alignment import relaxed_ot_from_scores
+    from mmsa_alignmamba.alignment.aligner import BestWords
+    emit, frames, words = _case()
+    starts = band.band_starts(frames, words, width)
+    banded, _ = _in_band(emit, starts, width)
+    _, post = lattice.monotone_alignment(banded, frames, words, 1, starts)
+    post[:, 5:9] = 0.0                                  # ties inside the band: the lowest word wins
+    post = post.masked_fill(~frames[..., None], -math.inf)
+    values = torch.randn(*frames.shape, 4)
+    posteriors = {"band": band.BandPosterior(post, starts, words.shape[1]),
+                  "best": BestWords(torch.randint(0, 3, frames.shape).masked_fill(~frames, -1), words.shape[1])}
+    for name, log_post in posteriors.items():
+        scores = WordAligner.scores(log_post)
+        dense = relaxed_ot_from_scores(scores.block, values, frames, words, rescale=False, reduce="mean")
+        calls = []
+        monkeypatch.setattr(type(log_post), "rows", lambda self, *a: calls.append(a))
+        sparse = relaxed_ot_from_scores(scores, values, frames, words, rescale=False, reduce="mean")
+        monkeypatch.undo()
+        assert calls == [], name                        # no dense row was built
+        assert torch.equal(sparse.assignment, dense.assignment), name
+        assert torch.equal(sparse.aligned, dense.aligned), name

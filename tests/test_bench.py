@@ -83,11 +83,14 @@ def test_transformer_baseline_is_alignmamba_with_transformer_fusion():
     assert out["M"].shape == (2, 1) and torch.isfinite(out["M"]).all()
 
 
-def test_the_banded_baseline_is_alignmamba_with_the_banded_variant():
-    from mmsa_alignmamba.model import ABLATIONS
+def test_the_band_baselines_are_alignmamba_with_their_variants():
+    from mmsa_alignmamba.model import ABLATIONS, AlignMambaConfig
     model = bench.build_bench_model("alignmamba_banded", bench.bench_args("alignmamba_banded", "cpu")).eval()
     assert model.Model.aligner.band == ABLATIONS["banded"]["aligner_band"] > 0
-    assert bench.build_bench_model("alignmamba", bench.bench_args("alignmamba", "cpu")).Model.aligner.band == 0
+    full = bench.build_bench_model("alignmamba_full_lattice", bench.bench_args("alignmamba_full_lattice", "cpu"))
+    assert full.Model.aligner.band == 0
+    default = bench.build_bench_model("alignmamba", bench.bench_args("alignmamba", "cpu")).Model.aligner.band
+    assert default == AlignMambaConfig().aligner_band == 128
     inputs, extras = bench.random_inputs("alignmamba_banded", 40, 2, "cpu")
     with torch.no_grad():
         assert torch.isfinite(model(*inputs, **extras)["M"]).all()

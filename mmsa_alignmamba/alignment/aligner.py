@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .band import BandPosterior, band_starts, band_words
-from .common import ScoreBlock, position_gap
+from .common import ScoreBlock, SparseScores, position_gap
 from .lattice import best_words, monotone_alignment
 
 __all__ = ["FrameEmission", "WordAligner", "BestWords"]
@@ -29,6 +29,10 @@ class BestWords:
     What the relaxed-OT plan reads of the posteriors (their argmax), kept without them."""
     words: Tensor
     count: int
+
+    def best(self) -> Tensor:
+        """The words themselves, (B, T_m)."""
+        return self.words
 
     def rows(self, start: int, rows: int) -> Tensor:
         """Frames [start, start + rows) as one-hot log posteriors: (B, rows, T_l), 0 at the frame's
@@ -257,10 +261,13 @@ class WordAligner(nn.Module):
     @staticmethod
     def scores(log_post: Union[Tensor, BandPosterior, BestWords]) -> ScoreBlock:
         """The posteriors as blockwise scores for the relaxed and soft plans (:data:`.common.ScoreBlock`);
-        a band's posteriors, and best words, are made dense one block of rows at a time."""
+        a band's posteriors, and best words, are made dense one block of rows at a time, and give
+        the relaxed plan their argmax directly (:class:`.common.SparseScores`)."""
         def block(start: int, rows: int, blocked_out: Tensor) -> Tensor:
             dense = log_post[:, start:start + rows] if torch.is_tensor(log_post) else log_post.rows(start, rows)
             # −inf only where impossible; a floor keeps a fully impossible row (padding) finite
             return dense.clamp_min(-1e4) + blocked_out
-        return block
+        if torch.is_tensor(log_post):
+            return block
+        return SparseScores(block, log_post.best)
 

@@ -67,3 +67,8 @@ class BandPosterior:
         values = self.values[:, start:start + rows]
         dense = values.new_full((values.shape[0], values.shape[1], self.words), float("-inf"))
         return dense.scatter_(2, band_words(self.starts[:, start:start + rows], values.shape[2]), values)
+
+    def best(self) -> Tensor:
+        """Each frame's most probable word, (B, T_m) long (the lowest on ties, as the argmax of
+        :meth:`rows` gives it): read in the band, O(T_m·W). Padded frames get their band's first word."""
+        return self.starts + self.values.argmax(-1)

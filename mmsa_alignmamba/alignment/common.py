@@ -13,13 +13,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["OTAlignment", "ScoreBlock", "valid_mask", "prepare_pair", "position_gap", "prior_weight",
+__all__ = ["OTAlignment", "ScoreBlock", "SparseScores", "valid_mask", "prepare_pair", "position_gap", "prior_weight",
            "check_reduce", "transported", "unit_rows", "row_mass", "anchor_scale"]
 
 #: The cost of a plan as blockwise scores: ``scores(start, rows, blocked_out) -> (B, rows, T_l)``,
 #: −cost of source steps [start, start+rows) against every anchor step, plus ``blocked_out``
 #: (B, 1, T_l): 0 on valid anchor steps, −inf on padding.
 ScoreBlock = Callable[[int, int, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SparseScores:
+    """Scores that are −inf outside a few anchor steps per source step (the learned aligner's
+    band, or its best words): a :data:`ScoreBlock` that makes them dense one block of rows at a
+    time (what the soft plan reads), plus ``argmax() -> (B, T_m)``, each source step's
+    highest-scoring anchor step read without any dense row (what the relaxed-OT plan reads), so
+    the plan stays O(T_m·W) instead of O(T_m·T_l). Both give the same steps (lowest on ties)."""
+    block: ScoreBlock
+    argmax: Callable[[], Tensor]
+
+    def __call__(self, start: int, rows: int, blocked_out: Tensor) -> Tensor:
+        return self.block(start, rows, blocked_out)
 
 
 @dataclass(frozen=True)

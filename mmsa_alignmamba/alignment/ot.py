@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .common import (OTAlignment, ScoreBlock, anchor_scale, check_reduce, position_gap, prepare_pair,
+from .common import (OTAlignment, ScoreBlock, SparseScores, anchor_scale, check_reduce, position_gap, prepare_pair,
                      prior_weight, row_mass, transported, unit_rows, valid_mask)
 
 __all__ = ["relaxed_ot_align", "relaxed_ot_from_scores", "time_proportional", "RelaxedOT", "TimeProportional"]
@@ -122,9 +122,13 @@ def relaxed_ot_from_scores(
         dtype = torch.promote_types(values.dtype, torch.float32)
         blocked_out = values.new_zeros(anchor_mask.shape, dtype=dtype).masked_fill_(~anchor_mask, float("-inf"))
         blocked_out = blocked_out.unsqueeze(1)  # (B, 1, T_l)
-        rows = max(1, min(block_size, _COST_BLOCK_ELEMS // max(1, batch * anchor_mask.shape[1])))
-        assignment = torch.cat([scores(start, rows, blocked_out).argmax(dim=-1) for start in range(0, t_m, rows)],
-                               dim=1).masked_fill(~source_mask, -1)  # (B, T_m)
+        if isinstance(scores, SparseScores):   # a band or best words: read without dense rows
+            assignment = scores.argmax()
+        else:
+            rows = max(1, min(block_size, _COST_BLOCK_ELEMS // max(1, batch * anchor_mask.shape[1])))
+            assignment = torch.cat([scores(start, rows, blocked_out).argmax(dim=-1) for start in range(0, t_m, rows)],
+                                   dim=1)
+        assignment = assignment.masked_fill(~source_mask, -1)  # (B, T_m)
     return _hard_transport(values, assignment, source_mask, anchor_mask, rescale, reduce)
 
 

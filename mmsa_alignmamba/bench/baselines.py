@@ -61,6 +61,8 @@ register(Baseline("transformer", "Transformer fusion", "d", "alignmamba", takes_
 register(Baseline("lf_dnn", "LF-DNN (MMSA)", "^", "lf_dnn", takes_lengths=False, in_length_sweep=False))
 register(Baseline("alignmamba_banded", "AlignMamba (banded aligner)", "P", "alignmamba", takes_lengths=True,
                   in_length_sweep=False, variant="banded"))
+register(Baseline("alignmamba_full_lattice", "AlignMamba (full lattice)", "X", "alignmamba", takes_lengths=True,
+                  in_length_sweep=False, variant="full_lattice"))
 MODELS = tuple(n for n, b in BASELINES.items() if b.in_length_sweep)   # the default length sweep
 REFERENCE = "alignmamba"
 
