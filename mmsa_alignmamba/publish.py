@@ -22,6 +22,7 @@ from .report import (
     format_cell,
     metric_title,
     paper_reference,
+    published_reference,
     rate_label,
     reported_tables,
     side_by_side,
@@ -102,10 +103,12 @@ def _best(block: pd.DataFrame, metric: str, rate: float) -> float | None:
     return here.min() if lower_is_better(metric) else here.max()
 
 
-def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: bool = False) -> str:
+def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: bool = False,
+          reference: str | None = None) -> str:
     """booktabs tables, one per (dataset, data, protocol): a row per model, a column per missing
     rate, 'mean ± std' of ``metric`` (and its F1), the best mean of each column in bold, † where
-    a model beats the best other one significantly; the paper's numbers in a separate table."""
+    a model beats the best other one significantly; the paper's numbers, and ``reference``'s
+    published rows, each in tables of their own."""
     partner = F1_OF.get(metric)
     name = metric_title(metric)
     out = ["% mmsa report: booktabs tables (\\usepackage{booktabs}); generated, do not edit by hand", ""]
@@ -138,6 +141,8 @@ def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: boo
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     if paper_rows:
         out += _paper_latex(summary)
+    if reference:
+        out += _reference_latex(summary, reference)
     return "\n".join(out) + "\n"
 
 
@@ -151,6 +156,23 @@ def _paper_latex(summary: pd.DataFrame) -> list[str]:
                 "Model & complete & " + " & ".join(f"MR {r:g}" for r in rates) + " \\\\", "\\midrule"]
         for label, complete, missing in rows:
             out.append(f"{_tex(label)} (paper) & {complete} & " + " & ".join(m or "--" for m in missing) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return out
+
+
+def _reference_latex(summary: pd.DataFrame, name: str) -> list[str]:
+    """``name``'s published rows (reference.py), one table per dataset present, every row marked."""
+    from .reference import reference_tables
+    tables, source, _ = reference_tables(name, [] if summary.empty else summary["Dataset"])
+    out = []
+    for dataset, rows, metrics in tables:
+        out += ["\\begin{table}[t]", "\\centering", "\\small",
+                f"\\caption{{{dataset.upper()}, real data: reported by {name.upper()} ({_tex(source)}), "
+                "not measured here.}", f"\\begin{{tabular}}{{ll{'c' * len(metrics)}}}", "\\toprule",
+                "Model & Data setting & " + " & ".join(_tex(m) for m in metrics) + " \\\\", "\\midrule"]
+        for r in rows:
+            out.append(f"{_tex(r['model'])} (reported by {name.upper()}) & {_tex(r['data_setting'])} & "
+                       + " & ".join(f"{r[m]:g}" for m in metrics) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return out
 
@@ -176,9 +198,10 @@ def _table(df: pd.DataFrame, columns: list[str], metric_columns: list[str]) -> s
 
 
 def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures: list[Path],
-         paper_rows: bool = False) -> str:
+         paper_rows: bool = False, reference: str | None = None) -> str:
     """One self-contained page: the leaderboard as a sortable table (click a header), the
-    side-by-side tables, the figures embedded as PNG, the paper's numbers apart."""
+    side-by-side tables, the figures embedded as PNG, the paper's numbers and ``reference``'s
+    published rows apart."""
     title = f"mmsa report — {Path(res_dir).name}"
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title>"
              f"<style>{page_asset('summary.css')}</style></head><body>", f"<h1>{_html.escape(title)}</h1>"]
@@ -202,6 +225,9 @@ def html(res_dir, summary: pd.DataFrame, sig: pd.DataFrame, metric: str, figures
                          f"<figcaption>{_html.escape(path.stem)} (PDF and SVG beside it)</figcaption></figure>")
     if paper_rows:
         parts.append("<div class=\"reported\">" + _markdown_tables_to_html(paper_reference(summary)) + "</div>")
+    if reference:
+        parts.append("<div class=\"reported\">" + _markdown_tables_to_html(published_reference(summary, reference))
+                     + "</div>")
     parts.append(f"<script>{page_asset('summary.js')}</script></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -234,20 +260,22 @@ def _markdown_tables_to_html(text: str) -> str:
     return "\n".join(out)
 
 
-def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), paper_rows: bool = False) -> dict:
+def write_report(res_dir, metric: str = "Has0_acc_2", formats=("md", "html"), paper_rows: bool = False,
+                 reference: str | None = None) -> dict:
     """`mmsa report`: the summary of every run under res_dir (the same files a run writes, with
     the side-by-side table and significance for ``metric``), its figures, and the LaTeX / HTML
-    forms asked for. -> {what: path}, plus "notes": things the reader should know."""
+    forms asked for; ``reference`` (e.g. 'mmsa'): that source's published rows in their own
+    section of each. -> {what: path}, plus "notes": things the reader should know."""
     res_dir = Path(res_dir)
     tables = summary_tables(res_dir, metric)
-    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows, tables=tables)
+    paths = write_summary(res_dir, metric=metric, paper_rows=paper_rows, tables=tables, reference=reference)
     _, summary, sig = tables
     figures, notes = robustness_figures(summary, res_dir / "figures", metric)
     paths.update({f"figure{i + 1}": p for i, p in enumerate(figures)})
     if "latex" in formats:
-        paths["latex"] = atomic_write_text(res_dir / "summary.tex", latex(summary, sig, metric, paper_rows))
+        paths["latex"] = atomic_write_text(res_dir / "summary.tex", latex(summary, sig, metric, paper_rows, reference))
     if "html" in formats:
         paths["html"] = atomic_write_text(res_dir / "summary.html",
-                                          html(res_dir, summary, sig, metric, figures, paper_rows))
+                                          html(res_dir, summary, sig, metric, figures, paper_rows, reference))
     paths["notes"] = notes
     return paths

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["REFERENCES", "reference_rows"]
+__all__ = ["REFERENCES", "reference_tables"]
 
 REFERENCES = {"mmsa": "mmsa-reported.json"}
 
@@ -25,8 +25,14 @@ def _load(name: str) -> dict:
     return json.loads((Path(__file__).parent / "assets" / REFERENCES[name]).read_text())
 
 
-def reference_rows(name: str, dataset: str) -> tuple[list[dict], str, str]:
-    """-> (the published rows for ``dataset``, each {'model', 'data_setting', metric: value}, their
-    source, their note on scale and metric definitions); no rows for a dataset it does not cover."""
+def reference_tables(name: str, datasets) -> tuple[list[tuple[str, list[dict], list[str]]], str, str]:
+    """-> ([(dataset, its published rows, their metric columns)] for each of ``datasets`` that
+    ``name`` covers, sorted; the rows' source; its note on scale and metric definitions): what every
+    report form lays out as tables of their own. Each row is {'model', 'data_setting', metric: value}."""
     doc = _load(name)
-    return [r for r in doc["rows"] if r["dataset"] == dataset], doc["source"], doc["note"]
+    tables = []
+    for dataset in sorted(set(datasets)):
+        rows = [r for r in doc["rows"] if r["dataset"] == dataset]
+        if rows:
+            tables.append((dataset, rows, [k for k in rows[0] if k not in ("dataset", "model", "data_setting")]))
+    return tables, doc["source"], doc["note"]

@@ -367,13 +367,10 @@ def paper_reference(summary: pd.DataFrame) -> str:
 def published_reference(summary: pd.DataFrame, name: str) -> str:
     """Markdown: ``name``'s published rows (reference.py) for each dataset in ``summary``, in their own
     section after the measured ones, every row marked 'reported by MMSA' (never mixed with them)."""
-    from .reference import reference_rows
+    from .reference import reference_tables
+    tables, source, note = reference_tables(name, [] if summary.empty else summary["Dataset"])
     text = ""
-    for dataset in sorted(set(summary["Dataset"])) if not summary.empty else []:
-        rows, source, note = reference_rows(name, dataset)
-        if not rows:
-            continue
-        metrics = [k for k in rows[0] if k not in ("dataset", "model", "data_setting")]
+    for dataset, rows, metrics in tables:
         if not text:
             text = f"\n## Reference: reported by {name.upper()}, not measured here\n\n{note} Source: {source}.\n\n"
         text += f"### {dataset.upper()} (real data, as reported by {name.upper()})\n\n"

@@ -100,16 +100,19 @@ def test_report_writes_one_set_of_publication_outputs(tmp_path, capsys):
     from conftest import run_cli
     res = _results(tmp_path)
     rc, stdout, err = run_cli(["report", "--results-dir", res, "--metric", "Has0_acc_2", "--format", "md", "latex",
-                               "html", "--paper-rows"], capsys)
+                               "html", "--paper-rows", "--reference", "mmsa"], capsys)
     assert rc == 0, err
     assert not list(res.glob("leaderboard*")), "one set of outputs: summary.*"
     md = (res / "summary.md").read_text()
     assert "Side by side: Has0 Acc-2 (%) / Has0 F1 (%)" in md and "MR 0.7 (applied 0.67)" in md
     assert "81.00 ± 0.82 / 80.0†" in md                      # best, and significantly so
     assert "reported in the paper" in md and "Welch" in md
+    measured, published = md.split("## Reference: reported by MMSA, not measured here")
+    assert "reported by MMSA" not in measured and "| tfn (reported by MMSA) | unaligned |" in published
     tex = (res / "summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{81.00 $\\pm$ 0.82}" in tex
     assert "$^\\dagger$" in tex and "SYNTHETIC" in tex and "(paper)" in tex
+    assert "MOSI, real data: reported by MMSA" in tex and "self\\_mm (reported by MMSA) & unaligned & 83.44" in tex
     stem = res / "figures" / "robustness-mosi-synthetic-small-sample-Has0_acc_2"
     for suffix in (".pdf", ".svg", ".png"):
         assert stem.with_suffix(suffix).stat().st_size > 1000
@@ -123,7 +126,7 @@ def test_report_writes_one_set_of_publication_outputs(tmp_path, capsys):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<table") >= 3 and 'class="sortable"' in dom and "data:image/png;base64," in dom
-    assert "alignmamba" in dom and "reported in the paper" in dom
+    assert "alignmamba" in dom and "reported in the paper" in dom and "self_mm (reported by MMSA)" in dom
     shot = tmp_path / "page.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,1800", page],
                    capture_output=True, timeout=120)

@@ -30,11 +30,15 @@ def main(argv) -> int:
     p.add_argument("--paper-rows", action="store_true",
                    help="add the paper's published AlignMamba numbers (MOSI/MOSEI) in their own section, marked "
                         "'reported in the paper'")
+    p.add_argument("--reference", choices=("mmsa",),
+                   help="mmsa: add MMSA's published rows for the datasets present (its results/result-stat.md, "
+                        "v_2.2.1, real data) in their own section of every form, marked 'reported by MMSA'")
     args = p.parse_args(argv)
     res_dir = resolve_output_dirs(res_save_dir=args.results_dir)["res_save_dir"]
     if not (res_dir / "cells").is_dir():
         raise InputError(f"no finished runs under {res_dir} (expected {res_dir / 'cells'})")
-    paths = write_report(res_dir, metric=args.metric, formats=args.format, paper_rows=args.paper_rows)
+    paths = write_report(res_dir, metric=args.metric, formats=args.format, paper_rows=args.paper_rows,
+                         reference=args.reference)
     notes = paths.pop("notes")
     print(Path(paths["md"]).read_text())
     for kind, path in paths.items():
