@@ -228,3 +228,36 @@ def test_a_model_without_a_config_for_the_dataset_is_one_error_line(tiny_pkl, tm
     rc, _, err = run_cli(["-m", "mlf_dnn", "-d", "mosi", "--feature-path", tiny_pkl, "--res-save-dir", tmp_path / "r"],
                          capsys)
     assert rc == 2 and err.strip() == "mmsa: error: MMSA has no mosi config for mlf_dnn (see its datasetParams)"
+
+
+@pytest.mark.parametrize("dataset, models", [("mosi", ["self_mm", "bert_mag"]), ("sims", ["mlf_dnn"])])
+def test_builtins_run_on_ray_with_a_missing_protocol_and_early_stop(dataset, models, tiny_sets, tiny_bert, tmp_path):
+    """The models whose fixes touch their trainers and BERT loading (Self-MM's epoch budget,
+    MAG-BERT's own BERT, a SIMS multi-task trainer) on a real local Ray, through `mmsa leaderboard`,
+    with the hub offline in the workers: trained under --epochs and --early-stop, tested complete and
+    at a missing rate."""
+    import os
+    import subprocess
+
+    from conftest import mmsa_script
+    pytest.importorskip("ray")                     # in the test extra: CI always runs this
+    root = tmp_path / "data" / dataset.upper() / "Processed"
+    root.mkdir(parents=True)
+    (root / "unaligned_39.pkl" if dataset == "sims" else root / "unaligned_50.pkl").write_bytes(
+        tiny_sets(dataset, False, False).read_bytes())
+    if dataset == "mosi":
+        (root / "aligned_50.pkl").write_bytes(tiny_sets(dataset, True, False).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH", "RAY_ADDRESS")}
+    env.update(HOME=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([mmsa_script(), "leaderboard", "-d", dataset, "--data-dir", str(tmp_path / "data"),
+                           "--models", *models, "-s", "1111", "--epochs", "2", "--early-stop", "1",
+                           "--missing-protocol", "sample", "--missing-rates", "0", "0.5", "--executor", "ray",
+                           "--cpus-per-run", "1", "--pretrained", str(tiny_bert), "--res-save-dir", str(tmp_path / "r"),
+                           "--model-save-dir", str(tmp_path / "m"), "--log-dir", str(tmp_path / "l")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "to Ray" in proc.stderr
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "cells").rglob("*.json")]
+    tested = sorted((c["cell"]["model"], c["cell"]["rate"]) for c in cells)
+    assert tested == sorted((m, r) for m in models for r in (0.0, 0.5)), tested
+    assert all(math.isfinite(v) for c in cells for v in c["metrics"].values())
