@@ -23,6 +23,7 @@ from .report import (
     metric_title,
     paper_reference,
     published_reference,
+    ranked_models,
     rate_label,
     reported_tables,
     side_by_side,
@@ -121,8 +122,8 @@ def latex(summary: pd.DataFrame, sig: pd.DataFrame, metric: str, paper_rows: boo
         out += ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
                 f"\\begin{{tabular}}{{l{'c' * len(rates)}}}", "\\toprule",
                 "Model & " + " & ".join(_tex(rate_label(protocol, r)) for r in rates) + " \\\\", "\\midrule"]
-        for model, rows in block.groupby("Model", sort=True):
-            by_rate = rows.set_index("MissingRate")
+        for _, model in ranked_models(block, metric):       # best first, as the markdown ranks them
+            by_rate = block[block["Model"] == model].set_index("MissingRate")
             cells = []
             for r in rates:
                 if r not in by_rate.index:

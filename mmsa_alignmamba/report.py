@@ -257,15 +257,16 @@ def side_by_side(summary: pd.DataFrame, metric: str = "Has0_acc_2", sig: pd.Data
     if not blocks:
         return ""
     partner = F1_OF.get(metric)
-    text = f"## Side by side: {metric_title(metric)} per missing rate (mean ± std over seeds)\n\n"
+    text = (f"## Side by side: {metric_title(metric)} per missing rate (mean ± std over seeds; ranked by "
+            "the first column)\n\n")
     for (dataset, data, protocol), block in blocks:
         rates = sorted(set(block["MissingRate"]))
         source = "SYNTHETIC data" if data != "real" else "real data"
         text += f"### {dataset.upper()} · {protocol} · {source} ({data})\n\n"
-        header = ["Model"] + [rate_label(protocol, r) for r in rates]
+        header = ["Rank", "Model"] + [rate_label(protocol, r) for r in rates]
         text += "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-        for model, model_rows in block.groupby("Model", sort=True):
-            by_rate = model_rows.set_index("MissingRate")
+        for rank, model in ranked_models(block, metric):
+            by_rate = block[block["Model"] == model].set_index("MissingRate")
             cells = []
             for r in rates:
                 if r not in by_rate.index:
@@ -274,11 +275,22 @@ def side_by_side(summary: pd.DataFrame, metric: str = "Has0_acc_2", sig: pd.Data
                 row = by_rate.loc[r]
                 mark = "†" if sig is not None and significant(sig, model, (dataset, data, row["Protocol"], r)) else ""
                 cells.append(format_cell(row, metric) + (f" / {row[partner]:.1f}" if partner in row else "") + mark)
-            text += "| " + " | ".join([model] + cells) + " |\n"
+            text += "| " + " | ".join([str(rank), model] + cells) + " |\n"
         text += "\n"
     if sig is not None and not sig.empty:
         text += SIGNIFICANCE_NOTE + ".\n"
     return text
+
+
+def ranked_models(block: pd.DataFrame, metric: str) -> list[tuple[int | str, str]]:
+    """The models of a side-by-side block, best first by mean ``metric`` at the block's lowest rate
+    (complete data where there is), each with its rank (ties share one: 1, 2, 2, 4); models without
+    that rate follow, by name, ranked '—'."""
+    first = block[block["MissingRate"] == block["MissingRate"].min()].dropna(subset=[metric])
+    means = first.groupby("Model")[metric].mean().sort_index(kind="stable")
+    means = means.sort_values(ascending=lower_is_better(metric), kind="stable")
+    ranked = [(1 + int((means < v).sum() if lower_is_better(metric) else (means > v).sum()), m) for m, v in means.items()]
+    return ranked + [("—", m) for m in sorted(set(block["Model"]) - set(means.index))]
 
 
 def metric_title(metric: str) -> str:

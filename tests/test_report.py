@@ -90,6 +90,24 @@ def test_significance_marks_only_a_clear_winner(tmp_path):
     assert mae[(mae["Model"] == "alignmamba") & (mae["Protocol"] == "complete")]["Better"].iloc[0]
 
 
+@pytest.mark.parametrize("metric, order", [("Has0_acc_2", ["alignmamba", "mult", "lf_dnn"]),
+                                            ("MAE", ["alignmamba", "mult", "lf_dnn"])])
+def test_side_by_side_ranks_models_best_first(tmp_path, metric, order):
+    """Ranked by the first column (complete data), lower first for MAE; a tie shares its rank and a
+    model without complete data comes last, unranked."""
+    import pandas as pd
+
+    from mmsa_alignmamba.report import ranked_models, side_by_side, summary_table
+    from mmsa_alignmamba.results import ResultStore
+    summary = summary_table(ResultStore(_results(tmp_path)).records())
+    lines = [line for line in side_by_side(summary, metric).splitlines() if line.startswith("| ") and "Rank" not in line]
+    assert [line.split(" | ")[1] for line in lines] == order
+    assert [line.split(" | ")[0] for line in lines] == ["| 1", "| 2", "| 3"]
+    block = pd.DataFrame({"Model": ["a", "b", "c", "d"], "MissingRate": [0.0, 0.0, 0.0, 0.7],
+                          "Has0_acc_2": [70.0, 80.0, 70.0, 90.0]})
+    assert ranked_models(block, "Has0_acc_2") == [(1, "b"), (2, "a"), (2, "c"), ("—", "d")]
+
+
 def test_report_writes_one_set_of_publication_outputs(tmp_path, capsys):
     import os
     import shutil
