@@ -287,9 +287,9 @@ def ranked_models(block: pd.DataFrame, metric: str) -> list[tuple[int | str, str
     (complete data where there is), each with its rank (ties share one: 1, 2, 2, 4); models without
     that rate follow, by name, ranked '—'."""
     first = block[block["MissingRate"] == block["MissingRate"].min()].dropna(subset=[metric])
-    means = first.groupby("Model")[metric].mean().sort_index(kind="stable")
-    means = means.sort_values(ascending=lower_is_better(metric), kind="stable")
-    ranked = [(1 + int((means < v).sum() if lower_is_better(metric) else (means > v).sum()), m) for m, v in means.items()]
+    means = first.groupby("Model")[metric].mean()
+    ranks = means.rank(method="min", ascending=lower_is_better(metric)).astype(int)
+    ranked = sorted((int(r), m) for m, r in ranks.items())   # by rank, then by name
     return ranked + [("—", m) for m in sorted(set(block["Model"]) - set(means.index))]
 
 

@@ -197,12 +197,18 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def mmsa_env(home: Path, **extra) -> dict:
+    """The environment of an `mmsa` process under test: HOME=home, nothing that points it at the
+    runner's data (MMSA_DATA_DIR), source tree (PYTHONPATH) or Ray cluster (RAY_ADDRESS)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH", "RAY_ADDRESS")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
 def run_mmsa(args, home: Path, cwd: Path | None = None, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
     """Run the installed `mmsa` console script in a fresh process with HOME=home."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **(extra_env or {}))
-    return subprocess.run([mmsa_script(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([mmsa_script(), *map(str, args)], cwd=cwd, env=mmsa_env(home, **(extra_env or {})),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # selective-scan inputs and gradients, for the scan's tests (test_mamba.py, test_cpu_kernels.py)

@@ -236,10 +236,7 @@ def test_builtins_run_on_ray_with_a_missing_protocol_and_early_stop(dataset, mod
     MAG-BERT's own BERT, a SIMS multi-task trainer) on a real local Ray, through `mmsa leaderboard`,
     with the hub offline in the workers: trained under --epochs and --early-stop, tested complete and
     at a missing rate."""
-    import os
-    import subprocess
-
-    from conftest import mmsa_script
+    from conftest import run_mmsa
     pytest.importorskip("ray")                     # in the test extra: CI always runs this
     root = tmp_path / "data" / dataset.upper() / "Processed"
     root.mkdir(parents=True)
@@ -247,14 +244,12 @@ def test_builtins_run_on_ray_with_a_missing_protocol_and_early_stop(dataset, mod
         tiny_sets(dataset, False, False).read_bytes())
     if dataset == "mosi":
         (root / "aligned_50.pkl").write_bytes(tiny_sets(dataset, True, False).read_bytes())
-    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH", "RAY_ADDRESS")}
-    env.update(HOME=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run([mmsa_script(), "leaderboard", "-d", dataset, "--data-dir", str(tmp_path / "data"),
-                           "--models", *models, "-s", "1111", "--epochs", "2", "--early-stop", "1",
-                           "--missing-protocol", "sample", "--missing-rates", "0", "0.5", "--executor", "ray",
-                           "--cpus-per-run", "1", "--pretrained", str(tiny_bert), "--res-save-dir", str(tmp_path / "r"),
-                           "--model-save-dir", str(tmp_path / "m"), "--log-dir", str(tmp_path / "l")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = run_mmsa(["leaderboard", "-d", dataset, "--data-dir", tmp_path / "data", "--models", *models,
+                     "-s", "1111", "--epochs", "2", "--early-stop", "1", "--missing-protocol", "sample",
+                     "--missing-rates", "0", "0.5", "--executor", "ray", "--cpus-per-run", "1",
+                     "--pretrained", tiny_bert, "--res-save-dir", tmp_path / "r", "--model-save-dir", tmp_path / "m",
+                     "--log-dir", tmp_path / "l"], home=tmp_path,
+                    extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "to Ray" in proc.stderr
     cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "cells").rglob("*.json")]

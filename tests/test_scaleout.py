@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mmsa_script
+from conftest import mmsa_env, mmsa_script
 
 ray = pytest.importorskip("ray")   # in the test extra: CI always runs these
 
@@ -21,9 +21,7 @@ SEEDS = ("-s", "1", "-s", "2", "-s", "3", "-s", "4")
 
 
 def _env(home: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MMSA_DATA_DIR", "PYTHONPATH", "RAY_ADDRESS")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
-    return env
+    return mmsa_env(home, OMP_NUM_THREADS="1", **extra)
 
 
 def _argv(pkl: Path, out: Path, *extra) -> list[str]:
