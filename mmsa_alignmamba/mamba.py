@@ -428,13 +428,11 @@ class Mamba(nn.Module):
         ``kernel``: None picks; "torch" never uses the kernel; "cpu_kernel" requires it."""
         seqlen = hidden_states.shape[1]
         xz = self.in_proj(hidden_states)  # (b, L, 2 d_inner)
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        weights = [p for p in (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                               self.dt_proj.bias, A, self.D) if p is not None]
+        weights = (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                   self.dt_proj.bias, self.A_log, self.D)
         if kernel != "torch" and not torch.jit.is_tracing() and scan_kernel.kernel_applies(xz, *weights):
-            y = scan_kernel.mamba_inner_inference(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                                                  self.dt_proj.weight, self.dt_proj.bias, A, self.D)
-            return self.out_proj(y)  # y: (b, L, d_inner)
+            return self.out_proj(scan_kernel.mamba_inner_inference(xz, *weights))  # (b, L, d_inner) in between
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         if kernel == "cpu_kernel":
             raise RuntimeError("backend='cpu_kernel' needs float32 CPU input, no gradient, and a built kernel "
                                "(see the log for why it is not)")

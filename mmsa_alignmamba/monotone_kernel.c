@@ -236,16 +236,49 @@ static void one_sample_best(const float *emit, const chain_t *c, long T_m, float
         best[t] = -1;
 }
 
-/* Returns 0, or 1 when a workspace cannot be allocated. starts: (batch, T_m) longs, or NULL for the
+/* Whether all n floats are finite. A bit test, not isfinite(): under -ffast-math the compiler may
+ * assume that no float is infinite or NaN and drop the check. */
+static int all_finite(const float *x, long n) {
+    unsigned bad = 0;
+    for (long i = 0; i < n; ++i) {
+        unsigned bits;
+        memcpy(&bits, x + i, sizeof bits);
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+/* Each valid frame's most probable word from its posteriors (T_m, W), the lowest on ties; -1 on padding. */
+static void argmax_rows(const float *post, const chain_t *c, long T_m, long *best) {
+    for (long t = 0; t < T_m; ++t) {
+        if (t >= c->n_m) {
+            best[t] = -1;
+            continue;
+        }
+        long arg = 0;
+        float top = -INFINITY;
+        for (long k = 0; k < c->W; ++k)
+            if (post[t * c->W + k] > top)
+                top = post[t * c->W + k], arg = k;
+        best[t] = band_start(c, t) + arg;
+    }
+}
+
+/* Returns 0; 1 when a workspace cannot be allocated; 2 when an emission is not finite (the caller
+ * then runs the tensor version, which handles -inf). starts: (batch, T_m) longs, or NULL for the
  * full lattice (W = T_l); emit is (batch, T_m, W). With post (batch, T_m, W): the posteriors; with
- * post NULL: best (batch, T_m), each frame's most probable word. */
+ * post NULL: best (batch, T_m), each frame's most probable word: from a sample's posteriors in a
+ * per-thread workspace when T_m W <= direct_cells (two passes over the lattice, the fastest),
+ * else by one_sample_best (four passes, O(sqrt(T_m) W) floats). */
 int monotone_forward_backward(const float *emit, const unsigned char *frame_mask, const unsigned char *word_mask,
                               const long *starts, long batch, long T_m, long T_l, long W, float skip, int threads,
-                              float *log_lik, float *post, long *best) {
+                              long direct_cells, float *log_lik, float *post, long *best) {
     long K = 1;
     while (K * K < T_m)
         ++K;
-    const long floats = post ? 3 * W + 8 : (4 + (T_m / K + 2) + K) * W + 8; /* see one_sample_best */
+    const int direct = post == NULL && T_m * W <= direct_cells;
+    const long floats = post ? 3 * W + 8 : direct ? 3 * W + 8 + T_m * W
+                                                  : (4 + (T_m / K + 2) + K) * W + 8; /* see one_sample_best */
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -255,12 +288,22 @@ int monotone_forward_backward(const float *emit, const unsigned char *frame_mask
         for (long b = 0; b < batch; ++b) {
             if (failed)
                 continue;
+            const float *e = emit + b * T_m * W;
+            if (!all_finite(e, T_m * W)) {
+                failed |= 2;
+                continue;
+            }
             const chain_t c = chain_of(frame_mask + b * T_m, word_mask + b * T_l, starts ? starts + b * T_m : NULL,
                                        T_m, T_l, W, skip);
-            if (post)
-                one_sample(emit + b * T_m * W, frame_mask + b * T_m, &c, T_m, skip, log_lik + b, post + b * T_m * W, row);
-            else
-                one_sample_best(emit + b * T_m * W, &c, T_m, skip, log_lik + b, best + b * T_m, row);
+            if (post) {
+                one_sample(e, frame_mask + b * T_m, &c, T_m, skip, log_lik + b, post + b * T_m * W, row);
+            } else if (direct) {
+                float *lattice = row + 3 * W + 8;
+                one_sample(e, frame_mask + b * T_m, &c, T_m, skip, log_lik + b, lattice, row);
+                argmax_rows(lattice, &c, T_m, best + b * T_m);
+            } else {
+                one_sample_best(e, &c, T_m, skip, log_lik + b, best + b * T_m, row);
+            }
         }
         free(row);
     }

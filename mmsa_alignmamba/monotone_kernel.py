@@ -23,7 +23,13 @@ from . import native
 __all__ = ["forward_backward", "best_words"]
 
 PARALLEL_MIN_CELLS = 1 << 15   # B * T_m * T_l below which threads cost more than they save
-_ARGTYPES = (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4 + (ctypes.c_float, ctypes.c_int) + (ctypes.c_void_p,) * 3
+# best_words: up to this many lattice cells a sample (T_m * W; 1 MiB of floats, MOSI's 500 x 50 is
+# 25,000) a thread keeps the sample's posteriors and takes their argmax, two passes over the
+# lattice; longer samples take the four-pass O(sqrt(T_m) W) route, so memory stays O(T) there.
+BEST_DIRECT_MAX_CELLS = 1 << 18
+_ARGTYPES = (ctypes.c_void_p,) * 4 + (ctypes.c_long,) * 4 + (ctypes.c_float, ctypes.c_int, ctypes.c_long) \
+    + (ctypes.c_void_p,) * 3
+_NOT_FINITE = 2                # the kernel's status when an emission is infinite or NaN
 
 
 def _kernel():
@@ -42,15 +48,16 @@ def forward_backward(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
 def best_words(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor,
                skip: float, starts: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tensor]]:
     """(log_lik (B,), each frame's most probable word (B, T_m) long, −1 on padding): the argmax of
-    :func:`forward_backward`'s posteriors (the lowest word on ties) without them, in O(√T_m · W)
-    work per thread. ``frame_mask`` must be a prefix. None where the kernel does not apply."""
+    :func:`forward_backward`'s posteriors (the lowest word on ties), keeping no (B, T_m, W) lattice:
+    a thread holds one sample's posteriors up to ``BEST_DIRECT_MAX_CELLS`` cells, beyond that
+    O(√T_m · W) floats. ``frame_mask`` must be a prefix. None where the kernel does not apply."""
     return _run(log_emit, frame_mask, word_mask, skip, starts, posteriors=False)
 
 
 def _run(log_emit, frame_mask, word_mask, skip, starts, posteriors):
     if log_emit.device.type != "cpu" or log_emit.dtype != torch.float32 or log_emit.requires_grad:
         return None
-    if _kernel() is None or not bool(torch.isfinite(log_emit).all()):
+    if _kernel() is None:
         return None
     batch, t_m, width = log_emit.shape
     emit = log_emit.contiguous()
@@ -60,8 +67,11 @@ def _run(log_emit, frame_mask, word_mask, skip, starts, posteriors):
     log_lik = emit.new_empty(batch)
     out = emit.new_empty(batch, t_m, width) if posteriors else torch.empty(batch, t_m, dtype=torch.int64)
     threads = native.threads_for(batch, batch * t_m * width, PARALLEL_MIN_CELLS)
-    if _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), None if band is None else band.data_ptr(),
-                 batch, t_m, words.shape[1], width, skip, threads, log_lik.data_ptr(),
-                 out.data_ptr() if posteriors else None, None if posteriors else out.data_ptr()):
+    status = _kernel()(emit.data_ptr(), frames.data_ptr(), words.data_ptr(), None if band is None else band.data_ptr(),
+                       batch, t_m, words.shape[1], width, skip, threads, BEST_DIRECT_MAX_CELLS, log_lik.data_ptr(),
+                       out.data_ptr() if posteriors else None, None if posteriors else out.data_ptr())
+    if status & _NOT_FINITE:   # checked in the kernel, one pass in cache: -inf emissions go to TorchScript
+        return None
+    if status:
         raise MemoryError("the CPU forward-backward kernel could not allocate its workspace")
     return log_lik, out

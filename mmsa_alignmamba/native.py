@@ -138,10 +138,11 @@ def clear_cache() -> None:
     _library.cache_clear()
 
 
-def threads_for(samples: int, work: int, minimum: int) -> int:
-    """How many of PyTorch's threads a kernel call that gives each thread whole samples should
-    start: at most one per sample, and 1 below ``minimum`` units of ``work`` (where starting
-    threads costs more than they save), without PyTorch's OpenMP runtime, or with no samples."""
+def threads_for(units: int, work: int, minimum: int) -> int:
+    """How many of PyTorch's threads a kernel call should start: at most one per ``units`` (the
+    pieces the call can share out: samples, or steps), and 1 below ``minimum`` units of ``work``
+    (where starting threads costs more than they save), without PyTorch's OpenMP runtime, or with
+    nothing to do."""
     if torch_openmp() is None or work < minimum:
         return 1
-    return max(1, min(samples, torch.get_num_threads()))
+    return max(1, min(units, torch.get_num_threads()))

@@ -12,31 +12,36 @@
  * the compiler to vectorise (glibc's vector expf and log1pf with -ffast-math -fopenmp-simd; the
  * state's decay, N exps a channel and step, through the inline exp_decay instead).
  *
- * Layouts (row-major): xz (batch, L, 2 dim), x then z, as in_proj produces it; conv_w_t (K, dim);
- * conv_b (dim) or NULL; xproj_w (R + 2N, dim); dtproj_w_t (R, dim); dt_bias, D (dim);
- * A_t (N, dim); y (batch, L, dim).
+ * Layouts (row-major): xz (batch, L, 2 dim), x then z, as in_proj produces it; the block's
+ * parameters as PyTorch holds them: conv_w (dim, K), conv_b (dim) or NULL, xproj_w (R + 2N, dim),
+ * dtproj_w (dim, R), dt_bias, D (dim), A_log (dim, N); y (batch, L, dim). The kernel turns conv_w,
+ * dtproj_w and A = -exp(A_log) channel-last once per call (a few thousand floats), so that a
+ * step's loops over channels are contiguous; doing it here saves a Python call a handful of
+ * tensor operators.
  *
  * Threads: OpenMP, on the runtime PyTorch runs on (the library is linked against PyTorch's), so
- * its idle workers take the work instead of spinning beside ours. Each thread takes whole
- * samples, so the numbers do not depend on the thread count. Splitting one sample's channels
- * across threads instead needs a barrier every step (x_proj reads every channel); on the 2-core
- * machine that measured slower than one thread at every width tried (d_model 32 to 256).
+ * its idle workers take the work instead of spinning beside ours. With at least as many samples
+ * as threads, each thread takes whole samples. With fewer (a single sample at serving time), the
+ * lines split in two phases that need one barrier between them, not one a step: the first four
+ * lines depend on no state, so the threads share out the steps; the recurrence and the read-out
+ * are independent per channel, so they share out blocks of channels. (Splitting channels within
+ * a step instead needs a barrier every step, since x_proj reads every channel; on the 2-core
+ * machine that measured slower than one thread.) Either way every number is computed by the same
+ * code, and channel blocks start at multiples of CHANNEL_ALIGN, so each channel meets the same
+ * vector instructions: the output does not depend on the thread count.
  */
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define CHANNEL_ALIGN 16 /* floats: the widest vector (AVX-512) */
+
 typedef struct {
     const float *xz, *conv_w_t, *conv_b, *xproj_w, *dtproj_w_t, *dt_bias, *A_t, *D;
     long L, dim, K, R, N, P;
     float *y;
 } Problem;
-
-/* A thread's workspace: state h (N x dim), step vectors x and dt (dim), proj (P). */
-typedef struct {
-    float *h, *x, *dt, *proj;
-} Workspace;
 
 static inline float silu(float v) { return v / (1.f + expf(-v)); }
 
@@ -58,37 +63,37 @@ static inline float exp_decay(float v) {
 /* softplus, with PyTorch's threshold of 20 */
 static inline float softplus(float v) { return v > 20.f ? v : log1pf(expf(v)); }
 
-/* The state one step on, h (N x dim) = exp(dt A) h + (dt x) B_l, for both the inference kernel
- * and the training scan. */
+/* The state one step on, h = exp(dt A) h + (dt x) B_l, for `count` channels: h and A_t are N rows
+ * `stride` floats apart, dt and x `count` long; for both the inference kernel and the training scan. */
 static void state_step(float *h, const float *A_t, const float *dt, const float *x, const float *B_l, long N,
-                       long dim) {
+                       long stride, long count) {
     for (long n = 0; n < N; ++n) {
-        const float *A_n = A_t + n * dim, b_n = B_l[n];
-        float *h_n = h + n * dim;
+        const float *A_n = A_t + n * stride, b_n = B_l[n];
+        float *h_n = h + n * stride;
 #pragma omp simd
-        for (long c = 0; c < dim; ++c)
+        for (long c = 0; c < count; ++c)
             h_n[c] = exp_decay(dt[c] * A_n[c]) * h_n[c] + dt[c] * x[c] * b_n;
     }
 }
 
-/* The read-out y_l (dim) = sum_n C_l[n] h[n] + D x (D may be NULL). */
-static void read_out(float *y_l, const float *h, const float *C_l, const float *D, const float *x, long N, long dim) {
+/* The read-out y_l = sum_n C_l[n] h[n] + D x (D may be NULL), for `count` channels (h as in state_step). */
+static void read_out(float *y_l, const float *h, const float *C_l, const float *D, const float *x, long N,
+                     long stride, long count) {
 #pragma omp simd
-    for (long c = 0; c < dim; ++c)
+    for (long c = 0; c < count; ++c)
         y_l[c] = D ? D[c] * x[c] : 0.f;
     for (long n = 0; n < N; ++n) {
-        const float *h_n = h + n * dim, c_n = C_l[n];
+        const float *h_n = h + n * stride, c_n = C_l[n];
 #pragma omp simd
-        for (long c = 0; c < dim; ++c)
+        for (long c = 0; c < count; ++c)
             y_l[c] += h_n[c] * c_n;
     }
 }
 
-/* Sample b, step l: every line of the recursion above. */
-static void step(const Problem *p, long b, long l, Workspace *w) {
+/* Sample b, step l, the lines before the recurrence: x (dim), dt (dim) and proj = [dt_low, B_l, C_l] (P). */
+static void step_inputs(const Problem *p, long b, long l, float *x, float *dt, float *proj) {
     const long dim = p->dim;
-    const float *xz_l = p->xz + (b * p->L + l) * 2 * dim, *z_l = xz_l + dim;
-    float *x = w->x, *dt = w->dt, *proj = w->proj, *y_l = p->y + (b * p->L + l) * dim;
+    const float *xz_l = p->xz + (b * p->L + l) * 2 * dim;
     for (long c = 0; c < dim; ++c)
         x[c] = p->conv_b ? p->conv_b[c] : 0.f;
     for (long j = (l >= p->K - 1 ? 0 : p->K - 1 - l); j < p->K; ++j) { /* steps before 0 are zeros */
@@ -108,7 +113,7 @@ static void step(const Problem *p, long b, long l, Workspace *w) {
             acc += row[c] * x[c];
         proj[j] = acc;
     }
-    const float *dt_low = proj, *B_l = proj + p->R, *C_l = proj + p->R + p->N;
+    const float *dt_low = proj;
     memcpy(dt, p->dt_bias, sizeof(float) * dim);
     for (long r = 0; r < p->R; ++r) {
         const float *row = p->dtproj_w_t + r * dim, v = dt_low[r];
@@ -119,40 +124,104 @@ static void step(const Problem *p, long b, long l, Workspace *w) {
 #pragma omp simd
     for (long c = 0; c < dim; ++c)
         dt[c] = softplus(dt[c]);
-    state_step(w->h, p->A_t, dt, x, B_l, p->N, dim);
-    read_out(y_l, w->h, C_l, p->D, x, p->N, dim);
+}
+
+/* Sample b, step l, the recurrence and the gated read-out for channels [c0, c1), from that step's
+ * x, dt (dim) and proj (P); h: the sample's state (N x dim). */
+static void step_scan(const Problem *p, long b, long l, float *h, const float *x, const float *dt,
+                      const float *proj, long c0, long c1) {
+    const long dim = p->dim, count = c1 - c0;
+    const float *B_l = proj + p->R, *C_l = B_l + p->N, *z_l = p->xz + (b * p->L + l) * 2 * dim + dim + c0;
+    float *y_l = p->y + (b * p->L + l) * dim + c0;
+    state_step(h + c0, p->A_t + c0, dt + c0, x + c0, B_l, p->N, dim, count);
+    read_out(y_l, h + c0, C_l, p->D ? p->D + c0 : NULL, x + c0, p->N, dim, count);
 #pragma omp simd
-    for (long c = 0; c < dim; ++c)
+    for (long c = 0; c < count; ++c)
         y_l[c] *= silu(z_l[c]);
 }
 
-/* Returns 0, or 1 when a workspace cannot be allocated. */
-int mamba_inner_fwd(const float *xz, const float *conv_w_t, const float *conv_b, const float *xproj_w,
-                    const float *dtproj_w_t, const float *dt_bias, const float *A_t, const float *D,
-                    long L, long dim, long K, long R, long N, long batch, int threads, float *y) {
-    Problem p = {xz, conv_w_t, conv_b, xproj_w, dtproj_w_t, dt_bias, A_t, D, L, dim, K, R, N, R + 2 * N, y};
+/* Whole samples a thread: its state h (N x dim) and one step's x, dt (dim), proj (P) in cache. */
+static int by_sample(const Problem *p, long batch, int threads) {
+    const long dim = p->dim, N = p->N;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        Workspace w = {0};
-        float *all = malloc(sizeof(float) * ((N + 2) * dim + p.P));
-        failed = all == NULL;
-        if (!failed) {
-            w.h = all;
-            w.x = w.h + N * dim;
-            w.dt = w.x + dim;
-            w.proj = w.dt + dim;
-        }
+        float *h = malloc(sizeof(float) * ((N + 2) * dim + p->P));
+        failed = h == NULL;
 #pragma omp for schedule(static)
         for (long b = 0; b < batch; ++b) {
             if (failed)
                 continue;
-            memset(w.h, 0, sizeof(float) * N * dim);
-            for (long l = 0; l < L; ++l)
-                step(&p, b, l, &w);
+            float *x = h + N * dim, *dt = x + dim, *proj = dt + dim;
+            memset(h, 0, sizeof(float) * N * dim);
+            for (long l = 0; l < p->L; ++l) {
+                step_inputs(p, b, l, x, dt, proj);
+                step_scan(p, b, l, h, x, dt, proj, 0, dim);
+            }
         }
-        free(all);
+        free(h);
     }
+    return failed;
+}
+
+/* Fewer samples than threads: every step's inputs first (threads share the steps), then the
+ * recurrence over blocks of channels (threads share sample x block); one barrier between. */
+static int by_phase(const Problem *p, long batch, int threads) {
+    const long dim = p->dim, N = p->N, L = p->L, P = p->P;
+    const long groups = (dim + CHANNEL_ALIGN - 1) / CHANNEL_ALIGN;
+    long blocks = (threads + batch - 1) / batch;
+    blocks = blocks < groups ? blocks : groups;
+    float *inputs = malloc(sizeof(float) * batch * L * (2 * dim + P)); /* per step: x, dt, proj */
+    if (inputs == NULL)
+        return 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+#pragma omp for schedule(static)
+        for (long at = 0; at < batch * L; ++at) {
+            float *x = inputs + at * (2 * dim + P);
+            step_inputs(p, at / L, at % L, x, x + dim, x + 2 * dim);
+        }
+        float *h = malloc(sizeof(float) * N * dim);
+        failed = h == NULL;
+#pragma omp for schedule(static)
+        for (long item = 0; item < batch * blocks; ++item) {
+            if (failed)
+                continue;
+            const long b = item / blocks, block = item % blocks;
+            const long c0 = block * groups / blocks * CHANNEL_ALIGN, c1_ = (block + 1) * groups / blocks * CHANNEL_ALIGN;
+            const long c1 = c1_ < dim ? c1_ : dim;
+            memset(h, 0, sizeof(float) * N * dim);
+            for (long l = 0; l < L; ++l) {
+                const float *x = inputs + (b * L + l) * (2 * dim + P);
+                step_scan(p, b, l, h, x, x + dim, x + 2 * dim, c0, c1);
+            }
+        }
+        free(h);
+    }
+    free(inputs);
+    return failed;
+}
+
+/* Returns 0, or 1 when a workspace cannot be allocated. */
+int mamba_inner_fwd(const float *xz, const float *conv_w, const float *conv_b, const float *xproj_w,
+                    const float *dtproj_w, const float *dt_bias, const float *A_log, const float *D,
+                    long L, long dim, long K, long R, long N, long batch, int threads, float *y) {
+    float *layouts = malloc(sizeof(float) * (K + R + N) * dim); /* conv_w_t (K, dim), dtproj_w_t (R, dim), A_t (N, dim) */
+    if (layouts == NULL)
+        return 1;
+    float *conv_w_t = layouts, *dtproj_w_t = conv_w_t + K * dim, *A_t = dtproj_w_t + R * dim;
+    for (long c = 0; c < dim; ++c) {
+        for (long j = 0; j < K; ++j)
+            conv_w_t[j * dim + c] = conv_w[c * K + j];
+        for (long r = 0; r < R; ++r)
+            dtproj_w_t[r * dim + c] = dtproj_w[c * R + r];
+        for (long n = 0; n < N; ++n)
+            A_t[n * dim + c] = -expf(A_log[c * N + n]);
+    }
+    Problem p = {xz, conv_w_t, conv_b, xproj_w, dtproj_w_t, dt_bias, A_t, D, L, dim, K, R, N, R + 2 * N, y};
+    const int failed = threads > batch ? by_phase(&p, batch, threads) : by_sample(&p, batch, threads);
+    free(layouts);
     return failed;
 }
 
@@ -192,7 +261,7 @@ static void scan_dt(const Scan *s, long b, long l, float *dt) {
 /* h (N x dim) one step on at sample b, step l */
 static void scan_state_step(const Scan *s, long b, long l, const float *dt, float *h) {
     const long at = b * s->L + l;
-    state_step(h, s->A_t, dt, s->u + at * s->dim, s->B + at * s->N, s->N, s->dim);
+    state_step(h, s->A_t, dt, s->u + at * s->dim, s->B + at * s->N, s->N, s->dim, s->dim);
 }
 
 int selective_scan_fwd(const float *u, const float *delta, const float *A_t, const float *B, const float *C,
@@ -216,7 +285,7 @@ int selective_scan_fwd(const float *u, const float *delta, const float *A_t, con
                 scan_dt(&s, b, l, dt);
                 scan_state_step(&s, b, l, dt, h);
                 float *y_l = y + (b * L + l) * dim, *out_l = out + (b * L + l) * dim;
-                read_out(y_l, h, C + (b * L + l) * N, D, u + (b * L + l) * dim, N, dim);
+                read_out(y_l, h, C + (b * L + l) * N, D, u + (b * L + l) * dim, N, dim, dim);
                 const float *z_l = z ? z + (b * L + l) * dim : NULL;
 #pragma omp simd
                 for (long c = 0; c < dim; ++c)

@@ -8,7 +8,8 @@ what make a CPU Mamba layer slower than a Transformer layer of the same width. `
 steps through time once per sample, keeps the step's vectors and the state in cache, and writes
 only the (b, L, d) output. It serves forward passes that need no gradient (evaluation,
 ``mmsa predict``, benchmarks). In both kernels the samples are shared out over PyTorch's OpenMP
-threads, whole, so results do not depend on the thread count.
+threads, whole; at inference a batch smaller than the thread pool (one sample at serving time)
+shares out its steps, then its channels, instead. Results do not depend on the thread count.
 
 For training, :func:`selective_scan_training` is :func:`mamba.selective_scan` (the scan with its
 gradient; conv and projections stay PyTorch operators around it) as two C loops over time: the
@@ -46,8 +47,9 @@ def kernel_available() -> bool:
 
 def kernel_applies(*tensors: torch.Tensor) -> bool:
     """Whether a scan over these tensors can take the kernel: no gradient wanted (checked first:
-    it is what rules the kernel out on every training step), CPU float32, and the kernel loads."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    it is what rules the kernel out on every training step), CPU float32, and the kernel loads.
+    None (an absent bias) is skipped."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
     return _cpu_float32(tensors) and kernel_available()
 
@@ -57,25 +59,21 @@ def _cpu_float32(tensors) -> bool:
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
-def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D):
+def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D):
     """``Mamba.forward`` between in_proj and out_proj: xz (b, L, 2 d) -> y (b, L, d), float32.
 
-    conv_weight (d, 1, K), conv_bias (d,) or None, x_proj_weight (R + 2N, d), dt_proj_weight
-    (d, R), dt_proj_bias and D (d,), A (d, N) (already -exp(A_log)). Call only where
-    :func:`kernel_applies`.
+    The block's parameters as it holds them: conv_weight (d, 1, K), conv_bias (d,) or None,
+    x_proj_weight (R + 2N, d), dt_proj_weight (d, R), dt_proj_bias and D (d,), A_log (d, N)
+    (the kernel takes A = −exp(A_log) itself). Call only where :func:`kernel_applies`.
     """
     batch, length, dim = xz.shape[0], xz.shape[1], xz.shape[2] // 2
-    width, rank, state = conv_weight.shape[-1], dt_proj_weight.shape[1], A.shape[1]
-    operands = [xz.contiguous(),
-                conv_weight.reshape(dim, width).t().contiguous(),      # (K, d)
-                None if conv_bias is None else conv_bias.contiguous(),
-                x_proj_weight.contiguous(),                            # (R + 2N, d)
-                dt_proj_weight.t().contiguous(),                       # (R, d)
-                dt_proj_bias.contiguous(), A.t().contiguous(), D.contiguous()]   # (d,), (N, d), (d,)
-    pointers = [None if t is None else t.data_ptr() for t in operands]
+    width, rank, state = conv_weight.shape[-1], dt_proj_weight.shape[1], A_log.shape[1]
+    operands = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
+    pointers = [None if t is None else t.contiguous().data_ptr() for t in operands]   # parameters: no copy
     y = xz.new_empty(batch, length, dim)
     sizes = (length, dim, width, rank, state, batch)
-    threads = native.threads_for(batch, batch * length * dim * state, PARALLEL_MIN_UPDATES)
+    # fewer samples than threads: the kernel shares out steps, then channels (by_phase in the C)
+    threads = native.threads_for(batch * length, batch * length * dim * state, PARALLEL_MIN_UPDATES)
     if _kernel()(*pointers, *sizes, threads, y.data_ptr()):
         raise MemoryError("the CPU scan kernel could not allocate its workspace")
     return y

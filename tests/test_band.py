@@ -161,8 +161,12 @@ def test_the_model_trains_with_a_band_and_rejects_a_negative_one():
     assert torch.isfinite(out["plan_loss"]) and model.aligner.emissions["audio"].read.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["posteriors-per-thread", "sqrt-T-checkpoints"])
 @pytest.mark.parametrize("width", [0, 3])
-def test_best_words_are_the_posteriors_argmax_without_them(width):
+def test_best_words_are_the_posteriors_argmax_without_them(width, direct, monkeypatch):
+    # both of the kernel's routes: a sample's posteriors in its thread's workspace, and (long
+    # samples) the betas recomputed from every ceil(sqrt(T_m))-th frame
+    monkeypatch.setattr(monotone_kernel, "BEST_DIRECT_MAX_CELLS", monotone_kernel.BEST_DIRECT_MAX_CELLS if direct else 0)
     emit, frames, words = _case(t_m=80, t_l=14, n_m=(80, 41, 9, 1), n_l=(14, 9, 3, 1))
     starts = band.band_starts(frames, words, width)
     banded = emit if starts is None else _in_band(emit, starts, width)[0]

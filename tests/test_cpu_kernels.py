@@ -47,6 +47,7 @@ def _block(d_model, seed=0, **kwargs):
     (1, 1, 8, {}), (3, 37, 40, dict(d_state=4)),          # d_inner 80: not a whole number of vectors
     (2, 300, 64, {}), (1, 3, 24, dict(d_conv=5)),         # fewer steps than the conv's width
     (2, 20, 24, dict(d_state=8, d_conv=3, expand=3, dt_rank=5, conv_bias=False, bias=True)),
+    (1, 500, 40, {}),                                     # one sample over the threads: steps, then channels
 ])
 def test_kernel_computes_the_pytorch_block(batch, length, d_model, kwargs):
     assert scan_kernel.kernel_available()
