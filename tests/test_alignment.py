@@ -637,6 +637,34 @@ def test_mixture_posterior_and_likelihood_by_hand():
                                -log_lik[0] / (9 * 4))
 
 
+def test_grid_emissions_are_each_sources_weighted_gaussian_log_density():
+    """The monotone aligner's grid emissions, one product over the sources side by side (dense and
+    banded), against the Gaussian log densities summed by hand."""
+    from mmsa_alignmamba.alignment import aligner as aligner_module
+    from mmsa_alignmamba.alignment.band import band_words
+    torch.manual_seed(2)
+    aligner = alignment_module.WordAligner(6, {"audio": 4, "vision": 3}).eval()
+    batch, t_l, grid_steps = 3, 7, 11
+    words = torch.randn(batch, t_l, 6)
+    obs = {"audio": torch.randn(batch, 9, 4), "vision": torch.randn(batch, 5, 3)}
+    frames = {m: torch.randint(0, o.shape[1], (batch, grid_steps)) for m, o in obs.items()}
+    weights = {"audio": torch.tensor([1.0, 0.5, 0.0]), "vision": torch.tensor([0.4, 1.0, 1.0])}
+    expected = 0
+    for m, emission in aligner.emissions.items():
+        with torch.no_grad():
+            emission.log_spread.uniform_(-0.5, 0.5)
+        picked = obs[m].gather(1, frames[m][..., None].expand(-1, -1, obs[m].shape[2]))      # (B, G, d)
+        log_p = torch.distributions.Normal(emission.read(words)[:, None], emission.log_spread.exp()).log_prob(
+            picked[:, :, None]).sum(-1)                                                        # (B, G, T_l)
+        expected = expected + weights[m][:, None, None] * log_p
+    names = list(obs)
+    grid = aligner_module._on_grid([aligner.emissions[m].terms(obs[m], words) for m in names],
+                                   [frames[m] for m in names], [weights[m] for m in names])
+    torch.testing.assert_close(grid.dense(), expected, atol=1e-4, rtol=1e-5)
+    starts = torch.randint(0, t_l - 3 + 1, (batch, grid_steps))
+    torch.testing.assert_close(grid.banded(starts, 3), expected.gather(2, band_words(starts, 3)), atol=1e-4, rtol=1e-5)
+
+
 def _brute_force_chain(log_emit, n_m, n_l, skip):
     """log p(frames) and posteriors by enumerating every path of the left-to-right chain."""
     advance = min(max((n_l - 1) / max(n_m - 1, 1) / (1 + skip), 1e-4), 0.95)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple, Union
+from typing import List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,35 @@ from torch import Tensor, nn
 
 from .band import BandPosterior, band_starts, band_words
 from .common import ScoreBlock, SparseScores, position_gap
-from .lattice import best_words, monotone_alignment
+from .lattice import best_words, monotone_alignment, posterior_best
 
-__all__ = ["FrameEmission", "WordAligner", "BestWords"]
+__all__ = ["FrameEmission", "EmissionTerms", "WordAligner", "BestWords"]
+
+
+class EmissionTerms(NamedTuple):
+    """Frames' log-likelihoods under words, ``log p(x_t | word j) = frame_term[t] + word_term[j]
+    + frames[t] · means[j]``: the Gaussian's quadratic form expanded, so that every (frame, word)
+    pair is one entry of a batched matrix product, not a dozen element-wise passes over a
+    (B, T, T_l) tensor and their backward. frames (B, T, d): x / s²; frame_term (B, T):
+    −½ Σ_d x²/s² − Σ_d log s − (d/2) log 2π; means (B, T_l, d): each word's expected frame μ_j;
+    word_term (B, T_l): −½ Σ_d μ²/s². Sources side by side (wider d) sum their log-likelihoods."""
+    frames: Tensor
+    frame_term: Tensor
+    means: Tensor
+    word_term: Tensor
+
+    def dense(self) -> Tensor:
+        """Every frame under every word: (B, T, T_l)."""
+        return torch.baddbmm(self.frame_term[..., None] + self.word_term[:, None, :], self.frames,
+                             self.means.transpose(1, 2))
+
+    def banded(self, starts: Tensor, width: int) -> Tensor:
+        """Frame t under the words starts[t] + k, k < ``width`` only: ``starts`` (B, T) -> (B, T, W),
+        O(T·W·d) instead of the (B, T, T_l) product."""
+        slots = band_words(starts, width).flatten(1)                                   # (B, T·W)
+        means = _gather_rows(self.means, slots).view(*starts.shape, width, -1)          # (B, T, W, d)
+        return (self.frame_term[..., None] + self.word_term.gather(1, slots).view(starts.shape[0], -1, width)
+                + torch.einsum("btd,btwd->btw", self.frames, means))
 
 
 @dataclass
@@ -63,14 +89,18 @@ def _grid_frames(masks: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], Tenso
     return frames, [count / n_grid for count in counts], grid_mask, n_grid     # weight 0 where absent
 
 
-def _grid_sum(picked: List[Tensor], weights: List[Tensor]) -> Tensor:
-    """The grid's log-likelihoods: Σ_sources weight · (the step's frame's), (B, G, W) per source -> (B, G, W)."""
-    grid_emit = None
-    for term, weight in zip(picked, weights):
-        weight = weight.to(term.dtype)[:, None, None]
-        term = weight * term.masked_fill(weight == 0, 0.0)
-        grid_emit = term if grid_emit is None else grid_emit + term
-    return grid_emit
+def _on_grid(terms: List[EmissionTerms], frames: List[Tensor], weights: List[Tensor]) -> EmissionTerms:
+    """The grid's emissions, Σ_sources weight · log p(the step's frame of that source | word), as
+    one :class:`EmissionTerms` with the sources' features side by side: per source its terms
+    (over its own frames), the frame each grid step reads (B, G) and its weight (B,), 0 where the
+    sample lacks the source."""
+    def weighted(x: Tensor, weight: Tensor) -> Tensor:
+        return x * weight.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return EmissionTerms(
+        frames=torch.cat([weighted(_gather_rows(t.frames, f), w) for t, f, w in zip(terms, frames, weights)], -1),
+        frame_term=sum(weighted(t.frame_term.gather(1, f), w) for t, f, w in zip(terms, frames, weights)),
+        means=torch.cat([t.means for t in terms], -1),
+        word_term=sum(weighted(t.word_term, w) for t, w in zip(terms, weights)))
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -125,31 +155,18 @@ class FrameEmission(nn.Module):
             out[frame_mask] = F.batch_norm(valid, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
         return out
 
-    def log_likelihood(self, obs: Tensor, words: Tensor) -> Tensor:
-        """log p(x_i | word j), (B, T_m, T_l). As matrix products:
-        −½ Σ_d (x_d − μ_jd)²/s_d² = −½ [x²/s² · 1 − 2 (x/s²)·μ_j + μ_j²/s² · 1]."""
+    def terms(self, obs: Tensor, words: Tensor) -> EmissionTerms:
+        """log p(x_t | word j) of the frames ``obs`` (B, T_m, d) under the words (B, T_l, d_model),
+        as :class:`EmissionTerms`."""
         mean = self.read(words)                                                # (B, T_l, d)
         inv_var = torch.exp(-2 * self.log_spread)                              # (d,)
-        quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, T_m, 1)
-                - 2 * (obs * inv_var) @ mean.transpose(1, 2)                   # (B, T_m, T_l)
-                + (mean.square() * inv_var).sum(-1)[:, None, :])               # (B, 1, T_l)
-        return self._normalised(quad)
+        constant = self.log_spread.sum() + 0.5 * self.width * math.log(2 * math.pi)
+        return EmissionTerms(frames=obs * inv_var, frame_term=-0.5 * (obs.square() * inv_var).sum(-1) - constant,
+                             means=mean, word_term=-0.5 * (mean.square() * inv_var).sum(-1))
 
-    def band_log_likelihood(self, obs: Tensor, words: Tensor, starts: Tensor, width: int) -> Tensor:
-        """log p(x_g | word starts[g] + k) for the band's words only: ``obs`` (B, G, d) one frame a
-        grid step, ``starts`` (B, G) -> (B, G, W), O(G·W·d) instead of the (B, G, T_l) product."""
-        mean = self.read(words)                                                # (B, T_l, d)
-        inv_var = torch.exp(-2 * self.log_spread)
-        slots = band_words(starts, width).flatten(1)                           # (B, G·W)
-        band_mean = _gather_rows(mean, slots).view(*starts.shape, width, -1)   # (B, G, W, d)
-        quad = ((obs.square() * inv_var).sum(-1, keepdim=True)                 # (B, G, 1)
-                - 2 * torch.einsum("bgd,bgwd->bgw", obs * inv_var, band_mean)  # (B, G, W)
-                + (mean.square() * inv_var).sum(-1).gather(1, slots).view(band_mean.shape[:3]))
-        return self._normalised(quad)
-
-    def _normalised(self, quad: Tensor) -> Tensor:
-        """−½ quad − log Π_d s_d − (d/2)·log 2π: the Gaussian's log density from its quadratic form."""
-        return -0.5 * quad - self.log_spread.sum() - 0.5 * self.width * math.log(2 * math.pi)
+    def log_likelihood(self, obs: Tensor, words: Tensor) -> Tensor:
+        """log p(x_i | word j), (B, T_m, T_l)."""
+        return self.terms(obs, words).dense()
 
 
 class WordAligner(nn.Module):
@@ -203,8 +220,10 @@ class WordAligner(nn.Module):
         ``present``: source -> (B,) bool, which samples have it (default all).
         -> (log_lik (B,): log p(the present sources' frames), {source: log posteriors (B, T_m, T_l),
         −inf on padding and impossible pairs, or with a band (``monotone``, ``band`` > 0) a
-        :class:`.band.BandPosterior`}). ``best_only`` (``monotone``, no gradient): each frame's
-        most probable word instead (:class:`BestWords`), without the posteriors (:func:`.lattice.best_words`).
+        :class:`.band.BandPosterior`}). ``best_only`` (``monotone``): each frame's most probable
+        word instead (:class:`BestWords`, what the relaxed-OT plan reads), without the frames'
+        posteriors: with no gradient, from the kernel that keeps no lattice
+        (:func:`.lattice.best_words`); in training, the argmax of the grid's posteriors.
         In training it updates the running statistics."""
         obs, masks = {}, {}
         for m, (x, mask) in frames.items():
@@ -231,19 +250,18 @@ class WordAligner(nn.Module):
         frame_masks = [masks[m] for m in names]
         frames, weights, grid_mask, n_grid = _grid_frames(frame_masks)
         starts = band_starts(grid_mask, word_mask, self.band)
-        if starts is None:   # the full lattice: every frame's likelihood under every word, then its step's
-            picked = [_gather_rows(self.emissions[m].log_likelihood(obs[m], words), frame)
-                      for m, frame in zip(names, frames)]
-        else:                # the band: each step's frame under the band's words only, (B, G, W)
-            picked = [self.emissions[m].band_log_likelihood(_gather_rows(obs[m], frame), words, starts, self.band)
-                      for m, frame in zip(names, frames)]
-        grid_emit = _grid_sum(picked, weights)
+        grid = _on_grid([self.emissions[m].terms(obs[m], words) for m in names], frames, weights)
+        # the full lattice (B, G, T_l), or the band's words only (B, G, W)
+        grid_emit = grid.dense() if starts is None else grid.banded(starts, self.band)
         steps = _frame_steps(frame_masks, n_grid, grid_emit.shape[1])
-        if best_only:        # a frame's best word is its grid step's
+        if best_only and not torch.is_grad_enabled():   # the kernel keeps no lattice
             log_lik, grid_best = best_words(grid_emit, grid_mask, word_mask, self.skip, starts)
+        else:
+            log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip, starts)
+            grid_best = posterior_best(grid_post, grid_mask, starts) if best_only else None
+        if grid_best is not None:   # a frame's best word is its grid step's
             return log_lik, {m: BestWords(grid_best.gather(1, step).masked_fill(~mask, -1), word_mask.shape[1])
                              for m, mask, step in zip(names, frame_masks, steps)}
-        log_lik, grid_post = monotone_alignment(grid_emit, grid_mask, word_mask, self.skip, starts)
         posts = {}
         for m, mask, step in zip(names, frame_masks, steps):
             post = _gather_rows(grid_post, step).masked_fill(~mask[..., None], float("-inf"))

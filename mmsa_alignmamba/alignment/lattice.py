@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import monotone_kernel
 from ..tracing import compiled, traceable
 
-__all__ = ["monotone_alignment", "best_words", "forward_backward", "starts_or_full"]
+__all__ = ["monotone_alignment", "best_words", "posterior_best", "forward_backward", "starts_or_full"]
 
 logger = logging.getLogger("mmsa_alignmamba")
 _triton_usable = True   # until the Triton programs fail once
@@ -66,8 +66,13 @@ def best_words(log_emit: Tensor, frame_mask: Tensor, word_mask: Tensor, skip: fl
         if result is not None:
             return result
         log_lik, log_post = monotone_alignment(log_emit.detach(), frame_mask, word_mask, skip, starts)
-        best = log_post.argmax(-1) + starts_or_full(frame_mask, starts)
-        return log_lik, best.masked_fill(~frame_mask, -1)
+        return log_lik, posterior_best(log_post, frame_mask, starts)
+
+
+def posterior_best(log_post: Tensor, frame_mask: Tensor, starts: Optional[Tensor] = None) -> Tensor:
+    """Each frame's most probable word from :func:`monotone_alignment`'s posteriors (B, T_m, W):
+    (B, T_m) long, the lowest word on ties, −1 on padding (what :func:`best_words` gives)."""
+    return (log_post.argmax(-1) + starts_or_full(frame_mask, starts)).masked_fill(~frame_mask, -1)
 
 
 class _MonotoneForwardBackward(torch.autograd.Function):
