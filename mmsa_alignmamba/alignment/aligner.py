@@ -29,7 +29,7 @@ class EmissionTerms(NamedTuple):
     pair is one entry of a batched matrix product, not a dozen element-wise passes over a
     (B, T, T_l) tensor and their backward. frames (B, T, d): x / s²; frame_term (B, T):
     −½ Σ_d x²/s² − Σ_d log s − (d/2) log 2π; means (B, T_l, d): each word's expected frame μ_j;
-    word_term (B, T_l): −½ Σ_d μ²/s². Sources side by side (wider d) sum their log-likelihoods."""
+    word_term (B, T_l): −½ Σ_d μ²/s²."""
     frames: Tensor
     frame_term: Tensor
     means: Tensor
@@ -47,6 +47,47 @@ class EmissionTerms(NamedTuple):
         means = _gather_rows(self.means, slots).view(*starts.shape, width, -1)          # (B, T, W, d)
         return (self.frame_term[..., None] + self.word_term.gather(1, slots).view(starts.shape[0], -1, width)
                 + torch.einsum("btd,btwd->btw", self.frames, means))
+
+    def weighted(self, weight: Tensor) -> "EmissionTerms":
+        """weight (B,) · the log-likelihoods (the means stay: the weight rides on the frames)."""
+        w = weight.to(self.frames.dtype)
+        return self._replace(frames=self.frames * w[:, None, None], frame_term=self.frame_term * w[:, None],
+                             word_term=self.word_term * w[:, None])
+
+    def at(self, index: Tensor) -> "EmissionTerms":
+        """The frames ``index`` (B, G) reads, in its order: frame t of the result is frame index[t]."""
+        return self._replace(frames=_gather_rows(self.frames, index), frame_term=self.frame_term.gather(1, index))
+
+    @staticmethod
+    def beside(terms: List["EmissionTerms"]) -> "EmissionTerms":
+        """Sources with the same frames' positions side by side along the features: their
+        log-likelihoods' sum, as one product."""
+        return EmissionTerms(torch.cat([t.frames for t in terms], -1), sum(t.frame_term for t in terms),
+                             torch.cat([t.means for t in terms], -1), sum(t.word_term for t in terms))
+
+
+def _grid_emissions(terms: List[EmissionTerms], frames: List[Tensor], starts: Optional[Tensor],
+                    width: int) -> Tensor:
+    """The grid's emissions, Σ_sources weight · log p(the step's frame of that source | word):
+    (B, G, T_l), or with a band (``starts`` (B, G)) (B, G, W). ``terms``: per source, weighted
+    (0 where a sample lacks it), over its own frames; ``frames``: the frame each grid step reads.
+
+    The sources are read by grid step first and share one product, except, on the full lattice,
+    a source whose frames each cover two or more grid steps on average (SIMS's vision: 55 frames
+    of 709 features on 400 steps): its product is taken at its own frames and then read by step,
+    since read first its wide rows would enter the product once per step."""
+    grid_steps = frames[0].shape[1]
+    stretched = [starts is None and 2 * t.frames.shape[1] <= grid_steps for t in terms]
+    shared = [t.at(f) for t, f, s in zip(terms, frames, stretched) if not s]
+    emit = None
+    if shared:
+        grid = EmissionTerms.beside(shared)
+        emit = grid.dense() if starts is None else grid.banded(starts, width)
+    for t, f, s in zip(terms, frames, stretched):
+        if s:
+            own = _gather_rows(t.dense(), f)
+            emit = own if emit is None else emit + own
+    return emit
 
 
 @dataclass
@@ -87,20 +128,6 @@ def _grid_frames(masks: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], Tenso
     frames = [(g * count.clamp_min(1)[:, None] / n_grid[:, None]).floor().long().clamp(max=mask.shape[1] - 1)
               for count, mask in zip(counts, masks)]
     return frames, [count / n_grid for count in counts], grid_mask, n_grid     # weight 0 where absent
-
-
-def _on_grid(terms: List[EmissionTerms], frames: List[Tensor], weights: List[Tensor]) -> EmissionTerms:
-    """The grid's emissions, Σ_sources weight · log p(the step's frame of that source | word), as
-    one :class:`EmissionTerms` with the sources' features side by side: per source its terms
-    (over its own frames), the frame each grid step reads (B, G) and its weight (B,), 0 where the
-    sample lacks the source."""
-    def weighted(x: Tensor, weight: Tensor) -> Tensor:
-        return x * weight.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    return EmissionTerms(
-        frames=torch.cat([weighted(_gather_rows(t.frames, f), w) for t, f, w in zip(terms, frames, weights)], -1),
-        frame_term=sum(weighted(t.frame_term.gather(1, f), w) for t, f, w in zip(terms, frames, weights)),
-        means=torch.cat([t.means for t in terms], -1),
-        word_term=sum(weighted(t.word_term, w) for t, w in zip(terms, weights)))
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -250,9 +277,9 @@ class WordAligner(nn.Module):
         frame_masks = [masks[m] for m in names]
         frames, weights, grid_mask, n_grid = _grid_frames(frame_masks)
         starts = band_starts(grid_mask, word_mask, self.band)
-        grid = _on_grid([self.emissions[m].terms(obs[m], words) for m in names], frames, weights)
+        terms = [self.emissions[m].terms(obs[m], words).weighted(w) for m, w in zip(names, weights)]
         # the full lattice (B, G, T_l), or the band's words only (B, G, W)
-        grid_emit = grid.dense() if starts is None else grid.banded(starts, self.band)
+        grid_emit = _grid_emissions(terms, frames, starts, self.band)
         steps = _frame_steps(frame_masks, n_grid, grid_emit.shape[1])
         if best_only and not torch.is_grad_enabled():   # the kernel keeps no lattice
             log_lik, grid_best = best_words(grid_emit, grid_mask, word_mask, self.skip, starts)
