@@ -637,7 +637,7 @@ def test_mixture_posterior_and_likelihood_by_hand():
                                -log_lik[0] / (9 * 4))
 
 
-def test_grid_emissions_are_each_sources_weighted_gaussian_log_density():
+def test_grid_emissions_are_each_sources_weighted_gaussian_log_density(monkeypatch):
     """The monotone aligner's grid emissions, one product over the sources side by side (dense and
     banded), against the Gaussian log densities summed by hand."""
     from mmsa_alignmamba.alignment import aligner as aligner_module
@@ -666,8 +666,10 @@ def test_grid_emissions_are_each_sources_weighted_gaussian_log_density():
     shared = aligner_module.EmissionTerms.beside([t.at(f) for t, f in zip(terms, on_grid)]).dense()  # all read first
     torch.testing.assert_close(shared, expected, atol=1e-4, rtol=1e-5)
     starts = torch.randint(0, t_l - 3 + 1, (batch, grid_steps))
-    torch.testing.assert_close(aligner_module._grid_emissions(terms, on_grid, starts, 3),
-                               expected.gather(2, band_words(starts, 3)), atol=1e-4, rtol=1e-5)
+    want_band = expected.gather(2, band_words(starts, 3))
+    torch.testing.assert_close(aligner_module._grid_emissions(terms, on_grid, starts, 3), want_band, atol=1e-4, rtol=1e-5)
+    monkeypatch.setattr(aligner_module, "_BAND_BLOCK_ELEMS", 3 * 3 * 7 * 4)   # blocks of 4 steps (d = 4 + 3)
+    torch.testing.assert_close(aligner_module._grid_emissions(terms, on_grid, starts, 3), want_band, atol=1e-4, rtol=1e-5)
 
 
 def _brute_force_chain(log_emit, n_m, n_l, skip):

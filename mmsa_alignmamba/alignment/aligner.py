@@ -22,6 +22,8 @@ from .lattice import best_words, monotone_alignment, posterior_best
 
 __all__ = ["FrameEmission", "EmissionTerms", "WordAligner", "BestWords"]
 
+_BAND_BLOCK_ELEMS = 1 << 22   # floats of band words' expected frames gathered at once (16 MB)
+
 
 class EmissionTerms(NamedTuple):
     """Frames' log-likelihoods under words, ``log p(x_t | word j) = frame_term[t] + word_term[j]
@@ -42,11 +44,18 @@ class EmissionTerms(NamedTuple):
 
     def banded(self, starts: Tensor, width: int) -> Tensor:
         """Frame t under the words starts[t] + k, k < ``width`` only: ``starts`` (B, T) -> (B, T, W),
-        O(T·W·d) instead of the (B, T, T_l) product."""
-        slots = band_words(starts, width).flatten(1)                                   # (B, T·W)
-        means = _gather_rows(self.means, slots).view(*starts.shape, width, -1)          # (B, T, W, d)
-        return (self.frame_term[..., None] + self.word_term.gather(1, slots).view(starts.shape[0], -1, width)
-                + torch.einsum("btd,btwd->btw", self.frames, means))
+        O(T·W·d) work instead of the (B, T, T_l) product. Each band word's expected frame is
+        gathered for a block of frames at a time, at most ``_BAND_BLOCK_ELEMS`` floats, so that
+        without gradient nothing beyond the (B, T, W) result grows with T·W·d."""
+        batch, steps, dim = self.frames.shape
+        rows = max(1, _BAND_BLOCK_ELEMS // max(1, batch * width * dim))
+        blocks = []
+        for t0 in range(0, steps, rows):
+            slots = band_words(starts[:, t0:t0 + rows], width).flatten(1)               # (B, rows·W)
+            means = _gather_rows(self.means, slots).view(batch, -1, width, dim)         # (B, rows, W, d)
+            blocks.append(self.frame_term[:, t0:t0 + rows, None] + self.word_term.gather(1, slots).view(batch, -1, width)
+                          + torch.einsum("btd,btwd->btw", self.frames[:, t0:t0 + rows], means))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
 
     def weighted(self, weight: Tensor) -> "EmissionTerms":
         """weight (B,) · the log-likelihoods (the means stay: the weight rides on the frames)."""
