@@ -68,8 +68,11 @@ def mamba_inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_wei
     """
     batch, length, dim = xz.shape[0], xz.shape[1], xz.shape[2] // 2
     width, rank, state = conv_weight.shape[-1], dt_proj_weight.shape[1], A_log.shape[1]
-    operands = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
-    pointers = [None if t is None else t.contiguous().data_ptr() for t in operands]   # parameters: no copy
+    # held until the call returns: a non-contiguous input's copy must outlive its pointer
+    # (parameters and in_proj's output are contiguous already: no copy)
+    operands = [None if t is None else t.contiguous()
+                for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
+    pointers = [None if t is None else t.data_ptr() for t in operands]
     y = xz.new_empty(batch, length, dim)
     sizes = (length, dim, width, rank, state, batch)
     # fewer samples than threads: the kernel shares out steps, then channels (by_phase in the C)
