@@ -189,8 +189,8 @@ static int by_phase(const Problem *p, long batch, int threads) {
             if (failed)
                 continue;
             const long b = item / blocks, block = item % blocks;
-            const long c0 = block * groups / blocks * CHANNEL_ALIGN, c1_ = (block + 1) * groups / blocks * CHANNEL_ALIGN;
-            const long c1 = c1_ < dim ? c1_ : dim;
+            const long c0 = block * groups / blocks * CHANNEL_ALIGN, end = (block + 1) * groups / blocks * CHANNEL_ALIGN;
+            const long c1 = end < dim ? end : dim; /* the last block stops at dim */
             memset(h, 0, sizeof(float) * N * dim);
             for (long l = 0; l < L; ++l) {
                 const float *x = inputs + (b * L + l) * (2 * dim + P);
